@@ -1,0 +1,18 @@
+# Megatron architecture flags of qwen3-1.7B (must match its HF config.json; checked at start-up).
+MODEL_ARGS=(
+   --swiglu
+   --num-layers 28
+   --hidden-size 2048
+   --ffn-hidden-size 6144
+   --num-attention-heads 16
+   --group-query-attention
+   --num-query-groups 8
+   --use-rotary-position-embeddings
+   --disable-bias-linear
+   --normalization RMSNorm
+   --norm-epsilon 1e-6
+   --rotary-base ${MODEL_ARGS_ROTARY_BASE:-1000000}
+   --vocab-size 151936
+   --kv-channels 128
+   --qk-layernorm
+)

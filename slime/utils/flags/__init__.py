@@ -1,0 +1,1 @@
+"""Flag declarations, one module per family: Megatron's flags, slime's flags, SGLang's flags."""

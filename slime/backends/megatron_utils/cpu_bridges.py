@@ -1,0 +1,85 @@
+"""Bridges over Megatron-core's CUDA-only spots, applied only on a machine without a GPU.
+
+Each bridge is one small replacement, and each is tested (tests/backends/megatron_utils/test_cpu_bridges.py):
+
+1. RNG: Megatron's model-parallel RNG tracker reads and writes CUDA generator states. On CPU it uses the CPU
+   generator, so dropout still gets distinct, reproducible streams per tensor-parallel rank.
+2. `torch.cuda.current_device()` (rotary embeddings, gradient buffers) answers "cpu".
+3. The default causal mask (used only for unpacked input without a mask) is built on the CPU.
+4. Optimizer and schedule code (gradient scaler, grad-norm clipping, token counters, distributed-optimizer
+   type checks) writes `device="cuda"` literally; `cuda_literals_on_cpu()` maps that to the CPU for the span of
+   those calls only, rather than for the whole process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any, Iterator
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from slime.utils.device import has_gpu
+
+_APPLIED = False
+_CUDA_TENSOR_TYPES = {
+    "torch.FloatTensor": "torch.cuda.FloatTensor",
+    "torch.BFloat16Tensor": "torch.cuda.BFloat16Tensor",
+    "torch.HalfTensor": "torch.cuda.HalfTensor",
+}
+
+
+def _cpu_causal_mask(sq: int, skv: int | None = None) -> torch.Tensor:
+    skv = sq if skv is None else skv
+    return torch.triu(torch.ones(sq, skv, dtype=torch.bool), diagonal=1)
+
+
+def apply_cpu_bridges() -> bool:
+    """Install the bridges when there is no GPU (idempotent). Returns whether they are installed."""
+    global _APPLIED
+    if has_gpu():
+        return False
+    if _APPLIED:
+        return True
+    import megatron.core.fusions.fused_softmax as fused_softmax
+    import megatron.core.tensor_parallel.random as megatron_random
+    import megatron.core.transformer.utils as transformer_utils
+
+    torch.cuda.manual_seed = torch.manual_seed
+    torch.cuda.get_rng_state = lambda device="cuda": torch.get_rng_state()
+    megatron_random._get_cuda_rng_state = lambda device=None, clone=False, graph_safe=False: torch.get_rng_state()
+    megatron_random._set_cuda_rng_state = lambda state, device=-1, graph_safe=False: torch.set_rng_state(state)
+    torch.cuda.current_device = lambda: "cpu"
+    torch.cuda.empty_cache = lambda: None
+    torch.cuda.synchronize = lambda device=None: None
+    transformer_utils.get_default_causal_mask = _cpu_causal_mask
+    fused_softmax.get_default_causal_mask = _cpu_causal_mask
+    _APPLIED = True
+    return True
+
+
+class CudaLiteralsToCpu(TorchFunctionMode):
+    """Maps `device="cuda"` (or an integer device) to the CPU, `.cuda()` to a no-op, and reports CPU tensors'
+    `.type()` as the CUDA type Megatron's distributed optimizer checks for."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = dict(kwargs or {})
+        target = kwargs.get("device")
+        if target is not None and (str(target).startswith("cuda") or isinstance(target, int)):
+            kwargs["device"] = "cpu"
+        if func is torch.Tensor.cuda:
+            return args[0]
+        result = func(*args, **kwargs)
+        if func is torch.Tensor.type and len(args) == 1 and not kwargs and isinstance(result, str):
+            return _CUDA_TENSOR_TYPES.get(result, result)
+        return result
+
+
+@contextlib.contextmanager
+def cuda_literals_on_cpu() -> Iterator[None]:
+    """Wrap Megatron optimizer/schedule calls; a no-op on GPU."""
+    if has_gpu():
+        yield
+        return
+    with CudaLiteralsToCpu():
+        yield

@@ -1,0 +1,267 @@
+"""HF checkpoints in and out of the Megatron model, for the `qwen3`, `qwen2` and `llama` model types.
+
+Names are mapped per tensor (Megatron's fused QKV is `[q heads of group | k | v]` per query group; the SwiGLU fc1
+is `[gate; up]`); tensor-parallel shards are cut on load and gathered on export using each parameter's own
+`partition_dim`, with the fc1 halves sharded separately as Megatron's GLU layout requires. The vocabulary is padded
+to `padded_vocab_size` on load and trimmed on export.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from argparse import Namespace
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2", "llama")
+HF_ASSET_FILES = (
+    "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+    "special_tokens_map.json", "chat_template.jinja", "added_tokens.json",
+)
+_LAYER_RE = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
+
+
+class SafetensorReader:
+    """Lazy access to the tensors of an HF directory (single file or sharded with an index)."""
+
+    def __init__(self, directory: str):
+        index = os.path.join(directory, "model.safetensors.index.json")
+        if os.path.exists(index):
+            with open(index) as f:
+                weight_map = json.load(f)["weight_map"]
+        else:
+            files = sorted(n for n in os.listdir(directory) if n.endswith(".safetensors"))
+            if not files:
+                raise FileNotFoundError(f"{directory} has no .safetensors weights")
+            weight_map = {}
+            for name in files:
+                with safe_open(os.path.join(directory, name), "pt") as f:
+                    weight_map.update({key: name for key in f.keys()})
+        self.directory, self.weight_map = directory, weight_map
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.weight_map
+
+    def get(self, name: str) -> torch.Tensor:
+        if name not in self.weight_map:
+            raise KeyError(f"{self.directory} has no tensor {name!r}")
+        with safe_open(os.path.join(self.directory, self.weight_map[name]), "pt") as f:
+            return f.get_tensor(name)
+
+
+def _qkv_shapes(args: Namespace) -> tuple[int, int, int]:
+    return args.num_attention_heads, args.num_query_groups, args.kv_channels
+
+
+def merge_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, args: Namespace) -> torch.Tensor:
+    heads, groups, dim = _qkv_shapes(args)
+    tail = q.shape[1:]
+    q = q.reshape(groups, heads // groups * dim, *tail)
+    k = k.reshape(groups, dim, *tail)
+    v = v.reshape(groups, dim, *tail)
+    return torch.cat([q, k, v], dim=1).reshape(-1, *tail)
+
+
+def split_qkv(qkv: torch.Tensor, args: Namespace) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    heads, groups, dim = _qkv_shapes(args)
+    tail = qkv.shape[1:]
+    per_group = qkv.reshape(groups, heads // groups + 2, dim, *tail)
+    q, k, v = per_group.split([heads // groups, 1, 1], dim=1)
+    return q.reshape(-1, *tail), k.reshape(-1, *tail), v.reshape(-1, *tail)
+
+
+def _pad_vocab(tensor: torch.Tensor, args: Namespace) -> torch.Tensor:
+    extra = args.padded_vocab_size - tensor.shape[0]
+    if extra < 0:
+        raise ValueError(f"HF vocabulary {tensor.shape[0]} is larger than padded_vocab_size {args.padded_vocab_size}")
+    return torch.cat([tensor, tensor.new_zeros(extra, *tensor.shape[1:])]) if extra else tensor
+
+
+def hf_tensor_for(name: str, reader: SafetensorReader, args: Namespace) -> torch.Tensor:
+    """The full (unsharded) value of Megatron parameter `name`, built from HF tensors."""
+    if name == "embedding.word_embeddings.weight":
+        return _pad_vocab(reader.get("model.embed_tokens.weight"), args)
+    if name == "output_layer.weight":
+        source = "lm_head.weight" if "lm_head.weight" in reader else "model.embed_tokens.weight"
+        return _pad_vocab(reader.get(source), args)
+    if name == "decoder.final_layernorm.weight":
+        return reader.get("model.norm.weight")
+    match = _LAYER_RE.match(name)
+    if not match:
+        raise KeyError(f"no HF source for Megatron parameter {name}")
+    prefix, rest = f"model.layers.{match[1]}.", match[2]
+    attn, mlp = prefix + "self_attn.", prefix + "mlp."
+    if rest.startswith("self_attention.linear_qkv.") and rest.split(".")[-1] in ("weight", "bias"):
+        kind = rest.split(".")[-1]
+        return merge_qkv(*(reader.get(f"{attn}{p}_proj.{kind}") for p in "qkv"), args)
+    if rest == "mlp.linear_fc1.weight":
+        return torch.cat([reader.get(mlp + "gate_proj.weight"), reader.get(mlp + "up_proj.weight")])
+    simple = {
+        "input_layernorm.weight": prefix + "input_layernorm.weight",
+        "self_attention.linear_qkv.layer_norm_weight": prefix + "input_layernorm.weight",
+        "pre_mlp_layernorm.weight": prefix + "post_attention_layernorm.weight",
+        "mlp.linear_fc1.layer_norm_weight": prefix + "post_attention_layernorm.weight",
+        "self_attention.linear_proj.weight": attn + "o_proj.weight",
+        "self_attention.q_layernorm.weight": attn + "q_norm.weight",
+        "self_attention.k_layernorm.weight": attn + "k_norm.weight",
+        "mlp.linear_fc2.weight": mlp + "down_proj.weight",
+    }
+    if rest not in simple:
+        raise KeyError(f"no HF source for Megatron parameter {name}")
+    return reader.get(simple[rest])
+
+
+def megatron_to_hf(name: str, tensor: torch.Tensor, args: Namespace) -> list[tuple[str, torch.Tensor]]:
+    """HF (name, tensor) pairs for one full Megatron parameter (the inverse of `hf_tensor_for`)."""
+    if name == "embedding.word_embeddings.weight":
+        return [("model.embed_tokens.weight", tensor[: args.vocab_size])]
+    if name == "output_layer.weight":
+        return [("lm_head.weight", tensor[: args.vocab_size])]
+    if name == "decoder.final_layernorm.weight":
+        return [("model.norm.weight", tensor)]
+    match = _LAYER_RE.match(name)
+    if not match:
+        raise KeyError(f"no HF name for Megatron parameter {name}")
+    prefix, rest = f"model.layers.{match[1]}.", match[2]
+    attn, mlp = prefix + "self_attn.", prefix + "mlp."
+    if rest.startswith("self_attention.linear_qkv.") and rest.split(".")[-1] in ("weight", "bias"):
+        kind = rest.split(".")[-1]
+        q, k, v = split_qkv(tensor, args)
+        return [(f"{attn}q_proj.{kind}", q), (f"{attn}k_proj.{kind}", k), (f"{attn}v_proj.{kind}", v)]
+    if rest == "mlp.linear_fc1.weight":
+        gate, up = tensor.chunk(2)
+        return [(mlp + "gate_proj.weight", gate), (mlp + "up_proj.weight", up)]
+    simple = {
+        "input_layernorm.weight": prefix + "input_layernorm.weight",
+        "self_attention.linear_qkv.layer_norm_weight": prefix + "input_layernorm.weight",
+        "pre_mlp_layernorm.weight": prefix + "post_attention_layernorm.weight",
+        "mlp.linear_fc1.layer_norm_weight": prefix + "post_attention_layernorm.weight",
+        "self_attention.linear_proj.weight": attn + "o_proj.weight",
+        "self_attention.q_layernorm.weight": attn + "q_norm.weight",
+        "self_attention.k_layernorm.weight": attn + "k_norm.weight",
+        "mlp.linear_fc2.weight": mlp + "down_proj.weight",
+    }
+    return [(simple[rest], tensor)]
+
+
+def _is_glu_fc1(name: str, args: Namespace) -> bool:
+    return args.swiglu and name.endswith("mlp.linear_fc1.weight")
+
+
+def shard_for_rank(name: str, param: torch.Tensor, full: torch.Tensor, args: Namespace) -> torch.Tensor:
+    """This tensor-parallel rank's slice of a full tensor, following the parameter's partitioning."""
+    if not getattr(param, "tensor_model_parallel", False):
+        return full
+    tp_size = parallel_state.get_tensor_model_parallel_world_size()
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
+    dim = param.partition_dim
+    if _is_glu_fc1(name, args):
+        return torch.cat([half.chunk(tp_size, dim=dim)[tp_rank] for half in full.chunk(2, dim=dim)], dim=dim)
+    return full.chunk(tp_size, dim=dim)[tp_rank]
+
+
+def gather_full(name: str, param: torch.Tensor, args: Namespace) -> torch.Tensor:
+    """The full tensor of a (possibly tensor-parallel) parameter; every TP rank must call this."""
+    if not getattr(param, "tensor_model_parallel", False):
+        return param.detach()
+    tp_size = parallel_state.get_tensor_model_parallel_world_size()
+    if tp_size == 1:
+        return param.detach()
+    shards = [torch.empty_like(param) for _ in range(tp_size)]
+    dist.all_gather(shards, param.detach().contiguous(), group=parallel_state.get_tensor_model_parallel_group())
+    dim = param.partition_dim
+    if _is_glu_fc1(name, args):
+        halves = [shard.chunk(2, dim=dim) for shard in shards]
+        return torch.cat([torch.cat([h[0] for h in halves], dim=dim), torch.cat([h[1] for h in halves], dim=dim)],
+                         dim=dim)
+    return torch.cat(shards, dim=dim)
+
+
+def check_hf_model_type(directory: str) -> str:
+    with open(os.path.join(directory, "config.json")) as f:
+        model_type = json.load(f).get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        raise ValueError(f"{directory}: model_type {model_type!r} is not supported (supported: {SUPPORTED_MODEL_TYPES})")
+    return model_type
+
+
+@torch.no_grad()
+def load_hf_weights(model: torch.nn.Module, directory: str, args: Namespace) -> None:
+    """Copy an HF checkpoint into `model` (unwrapped GPTModel or a DDP wrapper), shard by shard."""
+    check_hf_model_type(directory)
+    reader = SafetensorReader(directory)
+    for name, param in unwrap(model).named_parameters():
+        full = hf_tensor_for(name, reader, args)
+        shard = shard_for_rank(name, param, full, args)
+        if shard.shape != param.shape:
+            raise ValueError(f"{name}: HF gives shape {tuple(shard.shape)} for this rank, the model has "
+                             f"{tuple(param.shape)} (do the model flags match {directory}/config.json?)")
+        param.copy_(shard.to(param.dtype))
+
+
+def unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    while hasattr(model, "module"):
+        model = model.module
+    return model
+
+
+def iter_hf_tensors(model: torch.nn.Module, args: Namespace) -> Iterator[tuple[str, torch.Tensor]]:
+    """Full HF tensors of the model (collective over the TP group: every TP rank must iterate)."""
+    for name, param in unwrap(model).named_parameters():
+        full = gather_full(name, param, args)
+        yield from megatron_to_hf(name, full, args)
+
+
+@torch.no_grad()
+def save_hf_weights(model: torch.nn.Module, args: Namespace, output_dir: str, origin_hf_dir: str | None,
+                    max_shard_bytes: int = 5 * 1024**3) -> None:
+    """Write an HF checkpoint (safetensors + config/tokenizer from `origin_hf_dir`). Collective over TP ranks;
+    data-parallel rank 0 of TP rank 0 writes, into a temporary directory renamed when complete."""
+    writer = dist.get_rank() == 0 if dist.is_initialized() else True
+    tensors = {name: t.to("cpu", copy=True).contiguous() for name, t in iter_hf_tensors(model, args)}
+    if writer:
+        if not args.untie_embeddings_and_output_weights:
+            tensors.pop("lm_head.weight", None)
+        staging = output_dir.rstrip("/") + ".tmp"
+        shutil.rmtree(staging, ignore_errors=True)
+        os.makedirs(staging)
+        _write_safetensors(tensors, staging, max_shard_bytes)
+        if origin_hf_dir:
+            for asset in HF_ASSET_FILES:
+                if os.path.exists(os.path.join(origin_hf_dir, asset)):
+                    shutil.copy(os.path.join(origin_hf_dir, asset), staging)
+        shutil.rmtree(output_dir, ignore_errors=True)
+        os.replace(staging, output_dir)
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def _write_safetensors(tensors: dict[str, torch.Tensor], directory: str, max_shard_bytes: int) -> None:
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, tensor in tensors.items():
+        nbytes = tensor.numel() * tensor.element_size()
+        if shards[-1] and size + nbytes > max_shard_bytes:
+            shards.append({})
+            size = 0
+        shards[-1][name] = tensor
+        size += nbytes
+    if len(shards) == 1:
+        save_file(shards[0], os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
+        return
+    weight_map = {}
+    for i, shard in enumerate(shards, start=1):
+        filename = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, os.path.join(directory, filename), metadata={"format": "pt"})
+        weight_map.update({name: filename for name in shard})
+    total = sum(t.numel() * t.element_size() for t in tensors.values())
+    with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)

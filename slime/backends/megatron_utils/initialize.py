@@ -1,0 +1,72 @@
+"""Process-group and seed set-up for the Megatron trainer (one process per device, or per CPU worker)."""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import os
+import random
+import socket
+from argparse import Namespace
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state, tensor_parallel
+
+from slime.backends.megatron_utils.cpu_bridges import apply_cpu_bridges
+from slime.utils.device import dist_backend, has_gpu
+
+logger = logging.getLogger(__name__)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def init_distributed(args: Namespace, rank: int = 0, world_size: int = 1) -> None:
+    """Join (or, alone, create) the torch.distributed world; MASTER_ADDR/MASTER_PORT come from the environment."""
+    apply_cpu_bridges()
+    if not dist.is_initialized():
+        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+        if "MASTER_PORT" not in os.environ:
+            if world_size > 1:
+                raise RuntimeError("MASTER_PORT must be set when more than one trainer process joins")
+            os.environ["MASTER_PORT"] = str(free_port())
+        if has_gpu():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+        dist.init_process_group(
+            backend=dist_backend(args),
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(minutes=args.distributed_timeout_minutes),
+        )
+    args.rank, args.world_size = dist.get_rank(), dist.get_world_size()
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(
+            tensor_model_parallel_size=args.tensor_model_parallel_size,
+            pipeline_model_parallel_size=args.pipeline_model_parallel_size,
+            context_parallel_size=args.context_parallel_size,
+            create_gloo_process_groups=True,
+        )
+    args.data_parallel_size = parallel_state.get_data_parallel_world_size()
+    set_seed(args.seed)
+
+
+def set_seed(seed: int) -> None:
+    """Megatron's seeding: the same weights on every data-parallel rank, distinct dropout streams per TP rank."""
+    pp_rank = parallel_state.get_pipeline_model_parallel_rank()
+    seed = seed + 100 * pp_rank
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    tensor_parallel.model_parallel_cuda_manual_seed(seed)
+
+
+def destroy_distributed() -> None:
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if dist.is_initialized():
+        dist.destroy_process_group()

@@ -1,0 +1,209 @@
+"""The loss registry and slime's loss normalisation.
+
+Every loss has the signature `fn(args, batch, logits, sum_of_sample_mean) -> (loss, metrics)`:
+`sft_loss`, `policy_loss`, `value_loss`, and `custom_loss` (`--custom-loss-function-path`).
+
+`sum_of_sample_mean(x)` reduces per-token values of the micro-batch's responses to one number:
+- default: the sum over samples of each sample's masked mean (denominator: the loss-mask total of the sample's
+  rollout, which is the sample's own when each sample is its own rollout);
+- `--calculate-per-token-loss`: the plain masked sum.
+`loss_function` then scales for Megatron's schedule so that one optimizer step's gradient is that of
+- default: (sum of per-sample means over the step) / global_batch_size;
+- per-token: (sum over every trained token of the step, on every DP rank) / (number of those tokens),
+whatever the split into micro-batches and data-parallel ranks.
+"""
+
+from __future__ import annotations
+
+from argparse import Namespace
+from typing import Any, Callable
+
+import torch
+import torch.distributed as dist
+from megatron.core import parallel_state
+from megatron.core.tensor_parallel.mappings import reduce_from_tensor_model_parallel_region
+
+from slime.utils.misc import load_function
+
+LossFn = Callable[[Namespace, dict, torch.Tensor, Callable], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+
+
+def vocab_parallel_log_probs_and_entropy(
+    logits: torch.Tensor, targets: torch.Tensor, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log p(target) and entropy per position, for logits sharded over the tensor-parallel vocabulary.
+
+    logits: [tokens, vocab/tp] (fp32). Differentiable; with TP=1 it is log_softmax + gather.
+    """
+    tp_size = parallel_state.get_tensor_model_parallel_world_size()
+    vocab_start = parallel_state.get_tensor_model_parallel_rank() * logits.shape[-1]
+    row_max = logits.detach().max(dim=-1).values
+    if tp_size > 1:
+        dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=parallel_state.get_tensor_model_parallel_group())
+    shifted = logits - row_max.unsqueeze(-1)
+    exp = shifted.exp()
+    sum_exp = reduce_from_tensor_model_parallel_region(exp.sum(dim=-1))
+    local = targets - vocab_start
+    in_shard = (local >= 0) & (local < logits.shape[-1])
+    picked = shifted.gather(-1, local.clamp(0, logits.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
+    target_logit = reduce_from_tensor_model_parallel_region(picked * in_shard)
+    log_sum_exp = sum_exp.log()
+    log_probs = target_logit - log_sum_exp
+    entropy = None
+    if with_entropy:
+        expected_logit = reduce_from_tensor_model_parallel_region((exp * shifted).sum(dim=-1)) / sum_exp
+        entropy = log_sum_exp - expected_logit
+    return log_probs, entropy
+
+
+def response_spans(batch: dict) -> list[tuple[int, int]]:
+    """[start, end) in the packed stream of the positions whose logits predict each sample's response tokens."""
+    spans, offset = [], 0
+    for total, response in zip(batch["total_lengths"], batch["response_lengths"]):
+        spans.append((offset + total - response - 1, offset + total - 1))
+        offset += total
+    return spans
+
+
+def get_log_probs_and_entropy(
+    args: Namespace, batch: dict, logits: torch.Tensor, with_entropy: bool = False
+) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
+    """Per-sample response log-probs (and entropies). logits: [1, T, vocab/tp]; temperature applied as slime does."""
+    logits = logits[0].float()
+    if args.rollout_temperature != 1.0:
+        logits = logits / args.rollout_temperature
+    tokens = batch["tokens"][0]
+    targets = torch.roll(tokens, shifts=-1)
+    log_probs, entropy = vocab_parallel_log_probs_and_entropy(logits, targets, with_entropy)
+    spans = response_spans(batch)
+    per_sample = [log_probs[s:e] for s, e in spans]
+    per_sample_entropy = [entropy[s:e] for s, e in spans] if entropy is not None else None
+    return per_sample, per_sample_entropy
+
+
+def make_sum_of_sample_mean(batch: dict, calculate_per_token_loss: bool) -> Callable[[torch.Tensor], torch.Tensor]:
+    masks = [m.float() for m in batch["loss_masks"]]
+    lengths = [len(m) for m in masks]
+    if calculate_per_token_loss:
+        weights = torch.cat(masks) if masks else torch.zeros(0)
+    else:
+        denominators = batch["rollout_mask_sums"].float().clamp(min=1)
+        weights = torch.cat([m / d for m, d in zip(masks, denominators)]) if masks else torch.zeros(0)
+
+    def sum_of_sample_mean(values: torch.Tensor) -> torch.Tensor:
+        assert values.shape[0] == sum(lengths), (values.shape, sum(lengths))
+        return (values * weights.to(values.device)).sum()
+
+    return sum_of_sample_mean
+
+
+def sft_loss_function(args: Namespace, batch: dict, logits: torch.Tensor, sum_of_sample_mean: Callable):
+    log_probs, _ = get_log_probs_and_entropy(args, batch, logits)
+    values = torch.cat(log_probs) if log_probs else logits.new_zeros(0)
+    loss = -sum_of_sample_mean(values)
+    if values.numel() == 0:
+        loss = loss + 0 * logits.sum()  # keep the graph connected so every rank runs backward
+    return loss, {"loss": loss.detach()}
+
+
+def compute_approx_kl(log_probs: torch.Tensor, base_log_probs: torch.Tensor, kind: str) -> torch.Tensor:
+    ratio = log_probs - base_log_probs
+    if kind == "k1":
+        return ratio
+    if kind == "k2":
+        return ratio**2 / 2
+    if kind in ("k3", "low_var_kl"):
+        kl = torch.exp(-ratio) - 1 + ratio
+        return kl.clamp(-10, 10) if kind == "low_var_kl" else kl
+    raise ValueError(f"unknown KL type {kind!r}")
+
+
+def policy_loss_function(args: Namespace, batch: dict, logits: torch.Tensor, sum_of_sample_mean: Callable):
+    """PPO-style clipped policy gradient (GRPO/GSPO/REINFORCE++ differ in their advantages), entropy bonus, KL loss."""
+    log_probs, entropy = get_log_probs_and_entropy(args, batch, logits, with_entropy=True)
+    new = torch.cat(log_probs)
+    if args.use_rollout_logprobs:
+        old = torch.cat(batch["rollout_log_probs"]).to(new)
+    elif batch.get("log_probs") is not None:
+        old = torch.cat(batch["log_probs"]).to(new)
+    else:
+        old = new.detach()  # one step per rollout: the current policy is the behaviour policy
+    advantages = torch.cat(batch["advantages"]).to(new)
+    ppo_kl = old - new
+    ratio = torch.exp(-ppo_kl)
+    unclipped = -ratio * advantages
+    clipped = -ratio.clamp(1 - args.eps_clip, 1 + args.eps_clip_high) * advantages
+    pg = torch.maximum(unclipped, clipped)
+    clipfrac = (clipped > unclipped).float()
+    if args.eps_clip_c is not None:
+        pg = torch.where(advantages < 0, torch.minimum(pg, -args.eps_clip_c * advantages), pg)
+    pg_loss = sum_of_sample_mean(pg)
+    entropy_loss = sum_of_sample_mean(torch.cat(entropy))
+    loss = pg_loss - args.entropy_coef * entropy_loss
+    metrics = {"pg_loss": pg_loss.detach(), "entropy_loss": entropy_loss.detach(),
+               "pg_clipfrac": sum_of_sample_mean(clipfrac).detach(), "ppo_kl": sum_of_sample_mean(ppo_kl).detach()}
+    if args.use_kl_loss:
+        kl = compute_approx_kl(new, torch.cat(batch["ref_log_probs"]).to(new), args.kl_loss_type)
+        kl_loss = sum_of_sample_mean(kl)
+        loss = loss + args.kl_loss_coef * kl_loss
+        metrics["kl_loss"] = kl_loss.detach()
+    metrics["loss"] = loss.detach()
+    return loss, metrics
+
+
+def value_loss_function(args: Namespace, batch: dict, logits: torch.Tensor, sum_of_sample_mean: Callable):
+    """Clipped value loss of a critic whose output layer has one unit ([1, T, 1])."""
+    values = torch.cat([logits[0, s:e, 0] for s, e in response_spans(batch)]).float()
+    old_values = torch.cat(batch["values"]).to(values)
+    returns = torch.cat(batch["returns"]).to(values)
+    clipped = old_values + (values - old_values).clamp(-args.value_clip, args.value_clip)
+    unclipped_loss, clipped_loss = (values - returns) ** 2, (clipped - returns) ** 2
+    loss = sum_of_sample_mean(torch.maximum(unclipped_loss, clipped_loss))
+    clipfrac = sum_of_sample_mean((clipped_loss > unclipped_loss).float())
+    return loss, {"value_loss": loss.detach(), "value_clipfrac": clipfrac.detach()}
+
+
+LOSS_FUNCTIONS: dict[str, LossFn] = {
+    "sft_loss": sft_loss_function,
+    "policy_loss": policy_loss_function,
+    "value_loss": value_loss_function,
+}
+
+
+def resolve_loss_function(args: Namespace) -> LossFn:
+    if args.loss_type == "custom_loss":
+        return load_function(args.custom_loss_function_path)
+    return LOSS_FUNCTIONS[args.loss_type]
+
+
+def loss_function(
+    args: Namespace, batch: dict, num_microbatches: int, step_global_batch_size: int, logits: torch.Tensor
+) -> tuple:
+    """What Megatron's schedule calls on the last pipeline stage, scaled as the module docstring explains.
+
+    The reported metrics are sums over this micro-batch; the trainer adds them over micro-batches and DP ranks and
+    divides by the step's token count (per-token mode) or global batch size (default).
+    """
+    sum_of_sample_mean = make_sum_of_sample_mean(batch, args.calculate_per_token_loss)
+    loss, metrics = resolve_loss_function(args)(args, batch, logits, sum_of_sample_mean)
+    num_tokens = sum(int(m.sum()) for m in batch["loss_masks"])
+    report = {"num_tokens": num_tokens, **{k: v.detach().float() for k, v in metrics.items()}}
+    if args.calculate_per_token_loss:
+        return loss, torch.tensor(num_tokens, dtype=torch.int, device=loss.device), report
+    dp_size = parallel_state.get_data_parallel_world_size(with_context_parallel=True)
+    return loss * num_microbatches / step_global_batch_size * dp_size, report
+
+
+def report_step_metrics(args: Namespace, reports: list[dict[str, Any]], step_global_batch_size: int) -> dict:
+    """Step-level metrics from per-micro-batch reports, reduced over data-parallel ranks."""
+    keys = sorted({k for r in reports for k in r if k != "num_tokens"})
+    totals = torch.tensor([[sum(float(r.get(k, 0.0)) for r in reports) for k in keys]
+                           + [sum(r["num_tokens"] for r in reports)]], dtype=torch.float64)
+    if parallel_state.get_data_parallel_world_size(with_context_parallel=True) > 1:
+        dist.all_reduce(totals, group=parallel_state.get_data_parallel_group(with_context_parallel=True,
+                                                                              partial_data_parallel=False))
+    values, tokens = totals[0, :-1], float(totals[0, -1])
+    denominator = max(tokens, 1.0) if args.calculate_per_token_loss else step_global_batch_size
+    out = {k: float(v) / denominator for k, v in zip(keys, values)}
+    out["trained_tokens"] = tokens
+    return out

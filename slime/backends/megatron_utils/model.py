@@ -1,0 +1,196 @@
+"""Model, optimizer and schedule set-up, packed micro-batches, and the train / forward-only steps."""
+
+from __future__ import annotations
+
+import logging
+import time
+from argparse import Namespace
+from functools import partial
+from typing import Any, Callable, Iterator
+
+import torch
+from megatron.core import parallel_state
+from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
+from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
+from megatron.core.packed_seq_params import PackedSeqParams
+from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.utils import get_model_config
+
+from slime.backends.megatron_utils.cpu_bridges import cuda_literals_on_cpu
+from slime.backends.megatron_utils.loss import (
+    loss_function,
+    make_sum_of_sample_mean,
+    report_step_metrics,
+    resolve_loss_function,
+)
+from slime.backends.megatron_utils.model_provider import build_gpt_model
+from slime.utils.device import device, params_dtype, peak_tflops, synchronize
+from slime.utils.flops import training_flops
+
+logger = logging.getLogger(__name__)
+
+# Per-sample keys that RL losses read, copied into a micro-batch when the rollout data has them.
+OPTIONAL_KEYS = ("log_probs", "ref_log_probs", "advantages", "returns", "values", "rollout_log_probs")
+
+
+def train_iters(args: Namespace) -> int:
+    return args.num_rollout * args.rollout_batch_size * args.n_samples_per_prompt // args.global_batch_size
+
+
+def setup_model_and_optimizer(args: Namespace) -> tuple[DistributedDataParallel, Any, OptimizerParamScheduler]:
+    model = build_gpt_model(args)
+    ddp_config = DistributedDataParallelConfig(
+        grad_reduce_in_fp32=args.accumulate_allreduce_grads_in_fp32 or params_dtype(args) == torch.float32,
+        overlap_grad_reduce=args.overlap_grad_reduce,
+        overlap_param_gather=args.overlap_param_gather,
+        use_distributed_optimizer=args.use_distributed_optimizer,
+        check_for_nan_in_grad=True,
+    )
+    config = get_model_config(model)
+    model = DistributedDataParallel(config=config, ddp_config=ddp_config, module=model)
+    dtype = params_dtype(args)
+    optimizer_config = OptimizerConfig(
+        optimizer=args.optimizer,
+        lr=args.lr,
+        min_lr=args.min_lr,
+        weight_decay=args.weight_decay,
+        adam_beta1=args.adam_beta1,
+        adam_beta2=args.adam_beta2,
+        adam_eps=args.adam_eps,
+        clip_grad=args.clip_grad,
+        bf16=dtype == torch.bfloat16,
+        fp16=dtype == torch.float16,
+        params_dtype=dtype,
+        use_distributed_optimizer=args.use_distributed_optimizer,
+    )
+    with cuda_literals_on_cpu():
+        optimizer = get_megatron_optimizer(optimizer_config, [model])
+    config.grad_scale_func = optimizer.scale_loss
+    config.no_sync_func = model.no_sync
+    config.finalize_model_grads_func = finalize_model_grads
+    return model, optimizer, build_scheduler(args, optimizer)
+
+
+def build_scheduler(args: Namespace, optimizer: Any) -> OptimizerParamScheduler:
+    """Megatron's schedule, counted in samples as slime counts it (stepped by the global batch size)."""
+    if args.lr_decay_style == "WSD":
+        raise NotImplementedError("--lr-decay-style WSD is not supported yet")
+    decay_steps = (args.lr_decay_iters or train_iters(args)) * args.global_batch_size
+    if args.lr_warmup_fraction is not None:
+        warmup_steps = int(args.lr_warmup_fraction * decay_steps)
+    else:
+        warmup_steps = args.lr_warmup_iters * args.global_batch_size
+    return OptimizerParamScheduler(
+        optimizer,
+        init_lr=args.lr_warmup_init,
+        max_lr=args.lr,
+        min_lr=args.min_lr,
+        lr_warmup_steps=warmup_steps,
+        lr_decay_steps=max(decay_steps, 1),
+        lr_decay_style=args.lr_decay_style,
+        start_wd=args.weight_decay,
+        end_wd=args.weight_decay,
+        wd_incr_steps=max(decay_steps, 1),
+        wd_incr_style="constant",
+    )
+
+
+def get_batch(args: Namespace, shard: dict, indices: list[int]) -> dict:
+    """One packed micro-batch: sequences concatenated into [1, T], padded with token 0 (as one extra sequence)
+    to a multiple of TP x --data-pad-size-multiplier, with cu_seqlens for attention."""
+    tokens = [shard["tokens"][i] for i in indices]
+    lengths = [len(t) for t in tokens]
+    multiple = parallel_state.get_tensor_model_parallel_world_size() * args.data_pad_size_multiplier
+    total = sum(lengths)
+    pad = -total % multiple
+    stream = torch.cat(tokens + ([torch.zeros(pad, dtype=torch.long)] if pad else []))
+    boundaries = [0]
+    for length in lengths + ([pad] if pad else []):
+        boundaries.append(boundaries[-1] + length)
+    target = device()
+    cu_seqlens = torch.tensor(boundaries, dtype=torch.int32, device=target)
+    longest = max(lengths + [pad])
+    batch = {
+        "tokens": stream.unsqueeze(0).to(target),
+        "packed_seq_params": PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
+                                             max_seqlen_q=longest, max_seqlen_kv=longest),
+        "total_lengths": lengths,
+        "response_lengths": [shard["response_lengths"][i] for i in indices],
+        "loss_masks": [shard["loss_masks"][i].to(target) for i in indices],
+        "rollout_mask_sums": shard["rollout_mask_sums"][indices].to(target),
+        "unconcat_tokens": tokens,
+    }
+    for key in OPTIONAL_KEYS:
+        if key in shard:
+            batch[key] = [shard[key][i] for i in indices]
+    return batch
+
+
+def _forward_step(args: Namespace, num_microbatches: int, step_global_batch_size: int,
+                  data_iterator: Iterator[dict], model: torch.nn.Module) -> tuple[torch.Tensor, Callable]:
+    batch = next(data_iterator)
+    logits = model(input_ids=batch["tokens"], position_ids=None, attention_mask=None,
+                   packed_seq_params=batch["packed_seq_params"])
+    return logits, partial(loss_function, args, batch, num_microbatches, step_global_batch_size)
+
+
+def train_one_step(args: Namespace, model, optimizer, scheduler, shard: dict, micro_batches: list[list[int]],
+                   step_global_batch_size: int) -> dict[str, float]:
+    model.train()
+    model.zero_grad_buffer()
+    optimizer.zero_grad()
+    batches = (get_batch(args, shard, indices) for indices in micro_batches)
+    step = partial(_forward_step, args, len(micro_batches), step_global_batch_size)
+    synchronize()
+    started = time.perf_counter()
+    with cuda_literals_on_cpu():
+        reports = get_forward_backward_func()(
+            forward_step_func=step, data_iterator=batches, model=[model], num_microbatches=len(micro_batches),
+            seq_length=max(sum(len(shard["tokens"][i]) for i in mb) for mb in micro_batches),
+            micro_batch_size=1, forward_only=False,
+        )
+        update_successful, grad_norm, _ = optimizer.step()
+    if update_successful:
+        scheduler.step(increment=step_global_batch_size)
+    synchronize()
+    seconds = time.perf_counter() - started
+    metrics = report_step_metrics(args, reports, step_global_batch_size)
+    metrics.update(grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
+                   lr=optimizer.param_groups[0]["lr"], step_time=seconds, update_successful=float(update_successful))
+    metrics.update(throughput_metrics(args, shard, micro_batches, seconds))
+    return metrics
+
+
+def throughput_metrics(args: Namespace, shard: dict, micro_batches: list[list[int]], seconds: float) -> dict:
+    """Tokens/s and TFLOP/s of this rank (FLOPs from the model shape and the real sequence lengths), and MFU."""
+    lengths = [len(shard["tokens"][i]) for mb in micro_batches for i in mb]
+    # Each tensor-parallel rank does 1/TP of its data-parallel replica's work.
+    flops = training_flops(args, lengths) / parallel_state.get_tensor_model_parallel_world_size()
+    tflops = flops / max(seconds, 1e-9) / 1e12
+    peak = peak_tflops(args)
+    return {
+        "tokens_per_s": sum(lengths) / max(seconds, 1e-9),
+        "tflops": tflops,
+        "mfu": tflops / peak if peak else float("nan"),
+    }
+
+
+@torch.no_grad()
+def forward_only_loss(args: Namespace, model, shard: dict, micro_batches: list[list[int]]) -> dict[str, float]:
+    """The loss of a shard without training on it (validation), reduced over DP ranks like the training loss."""
+    model.eval()
+    reports = []
+    for indices in micro_batches:
+        batch = get_batch(args, shard, indices)
+        logits = model(input_ids=batch["tokens"], position_ids=None, attention_mask=None,
+                       packed_seq_params=batch["packed_seq_params"])
+        sum_of_sample_mean = make_sum_of_sample_mean(batch, args.calculate_per_token_loss)
+        _, metrics = resolve_loss_function(args)(args, batch, logits, sum_of_sample_mean)
+        reports.append({"num_tokens": sum(int(m.sum()) for m in batch["loss_masks"]), **metrics})
+    num_samples = sum(len(mb) for mb in micro_batches)
+    if parallel_state.get_data_parallel_world_size() > 1:
+        counts = torch.tensor([num_samples], dtype=torch.float64)
+        torch.distributed.all_reduce(counts, group=parallel_state.get_data_parallel_group())
+        num_samples = int(counts.item())
+    return report_step_metrics(args, reports, max(num_samples, 1))

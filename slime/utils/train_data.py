@@ -1,0 +1,115 @@
+"""From rollout samples to per-data-parallel-rank training data (what the rollout manager sends each trainer)."""
+
+from __future__ import annotations
+
+import logging
+from argparse import Namespace
+from typing import Any
+
+import torch
+
+from slime.utils.dp_schedule import build_dp_schedule
+from slime.utils.types import Sample
+
+logger = logging.getLogger(__name__)
+
+# Keys with one entry per sample, sliced per rank; the rest are shared by the whole batch.
+PER_SAMPLE_KEYS = (
+    "tokens", "response_lengths", "loss_masks", "rewards", "raw_reward", "truncated", "sample_indices",
+    "rollout_ids", "rollout_mask_sums", "rollout_log_probs", "total_lengths",
+)
+
+
+def assign_rollout_ids(samples: list[Sample]) -> list[int]:
+    """Samples without a rollout id get the smallest unused integers, in order (SFT: 0..N-1)."""
+    used = {s.rollout_id for s in samples if s.rollout_id is not None}
+    ids, candidate = [], 0
+    for sample in samples:
+        if sample.rollout_id is not None:
+            ids.append(sample.rollout_id)
+            continue
+        while candidate in used:
+            candidate += 1
+        ids.append(candidate)
+        used.add(candidate)
+    return ids
+
+
+def convert_samples_to_train_data(args: Namespace, samples: list[Sample], rewards: list[float] | None = None) -> dict:
+    """Token lists, response-aligned loss masks, rewards and per-rollout mask sums (the per-rollout denominators)."""
+    loss_masks = []
+    for sample in samples:
+        mask = [1] * sample.response_length if sample.loss_mask is None else list(sample.loss_mask)
+        if len(mask) != sample.response_length:
+            raise ValueError(f"sample {sample.index}: loss_mask has {len(mask)} entries for a response of "
+                             f"{sample.response_length} tokens")
+        if sample.remove_sample:
+            mask = [0] * len(mask)
+        loss_masks.append(mask)
+    raw = [s.get_reward_value(args) for s in samples]
+    rollout_ids = assign_rollout_ids(samples)
+    mask_totals: dict[int, int] = {}
+    for rollout_id, mask in zip(rollout_ids, loss_masks):
+        mask_totals[rollout_id] = mask_totals.get(rollout_id, 0) + sum(mask)
+    data = {
+        "tokens": [list(s.tokens) for s in samples],
+        "response_lengths": [s.response_length for s in samples],
+        "loss_masks": loss_masks,
+        "rewards": list(rewards) if rewards is not None else raw,
+        "raw_reward": raw,
+        "truncated": [int(s.status == Sample.Status.TRUNCATED) for s in samples],
+        "sample_indices": [s.index for s in samples],
+        "rollout_ids": rollout_ids,
+        "rollout_mask_sums": [mask_totals[r] for r in rollout_ids],
+    }
+    if any(s.rollout_log_probs is not None for s in samples):
+        data["rollout_log_probs"] = [s.rollout_log_probs for s in samples]
+    return data
+
+
+def split_train_data_by_dp(args: Namespace, data: dict, dp_size: int) -> list[dict[str, Any]]:
+    """One dict per DP rank: its samples (in micro-batch order), its micro-batches per step, and shared keys."""
+    data = dict(data)
+    data["total_lengths"] = [len(t) for t in data["tokens"]]
+    schedule = build_dp_schedule(
+        data["total_lengths"],
+        data["rollout_ids"],
+        dp_size=dp_size,
+        global_batch_size=args.global_batch_size,
+        micro_batch_size=args.micro_batch_size,
+        max_tokens_per_gpu=args.max_tokens_per_gpu if args.use_dynamic_batch_size else None,
+        balance_data=args.balance_data,
+    )
+    if schedule.dropped_rollouts:
+        logger.warning("%d rollouts do not fill a step of --global-batch-size %d and are not trained",
+                       schedule.dropped_rollouts, args.global_batch_size)
+    shards = []
+    for rank in range(dp_size):
+        partition: list[int] = []
+        micro_batches: list[list[list[int]]] = []  # per step, per micro-batch: local indices
+        for step in schedule.steps:
+            step_batches = []
+            for batch in step[rank]:
+                step_batches.append(list(range(len(partition), len(partition) + len(batch))))
+                partition.extend(batch)
+            micro_batches.append(step_batches)
+        shard: dict[str, Any] = {key: [data[key][i] for i in partition] for key in PER_SAMPLE_KEYS if key in data}
+        shard.update(
+            partition=partition,
+            micro_batches=micro_batches,
+            global_batch_sizes=schedule.global_batch_sizes,
+            raw_reward_all=data["raw_reward"],
+        )
+        shards.append(shard)
+    return shards
+
+
+def tensorize(shard: dict[str, Any]) -> dict[str, Any]:
+    """Token and mask lists as CPU tensors (what crosses the object store)."""
+    out = dict(shard)
+    out["tokens"] = [torch.tensor(t, dtype=torch.long) for t in shard["tokens"]]
+    out["loss_masks"] = [torch.tensor(m, dtype=torch.int) for m in shard["loss_masks"]]
+    out["rollout_mask_sums"] = torch.tensor(shard["rollout_mask_sums"], dtype=torch.float32)
+    if "rollout_log_probs" in shard:
+        out["rollout_log_probs"] = [torch.tensor(x, dtype=torch.float32) for x in shard["rollout_log_probs"]]
+    return out

@@ -44,6 +44,12 @@ def _barrier() -> None:
         dist.barrier()
 
 
+def _parallel_layout() -> list[int]:
+    return [parallel_state.get_pipeline_model_parallel_world_size(),
+            parallel_state.get_tensor_model_parallel_world_size(),
+            parallel_state.get_data_parallel_world_size(with_context_parallel=True)]
+
+
 def _rng_state() -> ShardedObject:
     state = {
         "random": random.getstate(),
@@ -55,10 +61,7 @@ def _rng_state() -> ShardedObject:
     pp = parallel_state.get_pipeline_model_parallel_rank()
     tp = parallel_state.get_tensor_model_parallel_rank()
     dp = parallel_state.get_data_parallel_rank(with_context_parallel=True)
-    shape = (parallel_state.get_pipeline_model_parallel_world_size(),
-             parallel_state.get_tensor_model_parallel_world_size(),
-             parallel_state.get_data_parallel_world_size(with_context_parallel=True))
-    return ShardedObject("rng_state", state, shape, (pp, tp, dp), replica_id=0)
+    return ShardedObject("rng_state", state, tuple(_parallel_layout()), (pp, tp, dp), replica_id=0)
 
 
 def _restore_rng(state: dict) -> None:
@@ -81,8 +84,9 @@ def _sharded_state_dict(args: Namespace, model, optimizer, scheduler, *, loading
     return state
 
 
-def save_checkpoint(args: Namespace, iteration: int, model, optimizer, scheduler) -> str:
-    final = checkpoint_dir(args.save, iteration)
+def save_checkpoint(args: Namespace, iteration: int, model, optimizer, scheduler, release: bool = False) -> str:
+    """`release=True` writes `{save}/release` (a converted checkpoint, not a point in a run), as slime's tools do."""
+    final = checkpoint_dir(args.save, "release" if release else iteration)
     staging = final + ".tmp"
     if _rank0():
         shutil.rmtree(staging, ignore_errors=True)
@@ -91,6 +95,9 @@ def save_checkpoint(args: Namespace, iteration: int, model, optimizer, scheduler
     state = _sharded_state_dict(args, model, optimizer, scheduler, loading=False,
                                 with_optimizer=not args.no_save_optim, with_rng=not args.no_save_rng)
     state["iteration"] = iteration
+    state["parallel_layout"] = _parallel_layout()
+    # The flags travel with the checkpoint, so tools can rebuild the model from the checkpoint alone.
+    state["args"] = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))}
     with cuda_literals_on_cpu():
         dist_checkpointing.save(state, staging)
     _barrier()
@@ -99,7 +106,7 @@ def save_checkpoint(args: Namespace, iteration: int, model, optimizer, scheduler
         os.replace(staging, final)
         tracker = os.path.join(args.save, TRACKER)
         with open(tracker + ".tmp", "w") as f:
-            f.write(str(iteration))
+            f.write("release" if release else str(iteration))
         os.replace(tracker + ".tmp", tracker)
         logger.info("saved checkpoint %s", final)
     _barrier()
@@ -130,10 +137,17 @@ def load_checkpoint(args: Namespace, model, optimizer, scheduler) -> int:
     iteration = args.ckpt_step if args.ckpt_step is not None else (
         read_tracker(args.load) if os.path.exists(os.path.join(args.load, TRACKER)) else "release")
     directory = checkpoint_dir(args.load, iteration)
-    full_resume = not args.finetune
+    # A release checkpoint (a conversion) holds weights only.
+    full_resume = not args.finetune and iteration != "release"
+    # Per-rank RNG streams only carry over to the same (PP, TP, DP) layout; model and optimizer reshard.
+    saved_layout = dist_checkpointing.load_common_state_dict(directory).get("parallel_layout")
+    same_layout = saved_layout == _parallel_layout()
+    if full_resume and not same_layout and not args.no_load_rng:
+        logger.info("checkpoint layout (PP, TP, DP) %s differs from %s: RNG states are not restored",
+                    saved_layout, _parallel_layout())
     state = _sharded_state_dict(args, model, optimizer, scheduler, loading=True,
                                 with_optimizer=full_resume and not args.no_load_optim,
-                                with_rng=full_resume and not args.no_load_rng)
+                                with_rng=full_resume and same_layout and not args.no_load_rng)
     with cuda_literals_on_cpu():
         loaded = dist_checkpointing.load(state, directory)
     unwrap(model).load_state_dict(loaded["model"])
@@ -145,4 +159,4 @@ def load_checkpoint(args: Namespace, model, optimizer, scheduler) -> int:
     if "rng_state" in loaded:
         _restore_rng(loaded["rng_state"])
     logger.info("loaded checkpoint %s (%s)", directory, "resume" if full_resume else "weights only")
-    return 0 if not full_resume or iteration == "release" else int(iteration)
+    return int(iteration) if full_resume else 0

@@ -21,6 +21,7 @@ logger = logging.getLogger(__name__)
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free now (for tests and launchers choosing a rendezvous port)."""
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
@@ -30,19 +31,18 @@ def init_distributed(args: Namespace, rank: int = 0, world_size: int = 1) -> Non
     """Join (or, alone, create) the torch.distributed world; MASTER_ADDR/MASTER_PORT come from the environment."""
     apply_cpu_bridges()
     if not dist.is_initialized():
-        os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-        if "MASTER_PORT" not in os.environ:
-            if world_size > 1:
-                raise RuntimeError("MASTER_PORT must be set when more than one trainer process joins")
-            os.environ["MASTER_PORT"] = str(free_port())
         if has_gpu():
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
-        dist.init_process_group(
-            backend=dist_backend(args),
-            rank=rank,
-            world_size=world_size,
-            timeout=datetime.timedelta(minutes=args.distributed_timeout_minutes),
-        )
+        timeout = datetime.timedelta(minutes=args.distributed_timeout_minutes)
+        if world_size == 1:
+            # Alone, no rendezvous is needed: an in-memory store avoids picking (and racing for) a port.
+            dist.init_process_group(backend=dist_backend(args), store=dist.HashStore(), rank=0, world_size=1,
+                                    timeout=timeout)
+        else:
+            for name in ("MASTER_ADDR", "MASTER_PORT"):
+                if name not in os.environ:
+                    raise RuntimeError(f"{name} must be set when {world_size} trainer processes join")
+            dist.init_process_group(backend=dist_backend(args), rank=rank, world_size=world_size, timeout=timeout)
     args.rank, args.world_size = dist.get_rank(), dist.get_world_size()
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel(

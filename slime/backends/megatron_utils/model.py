@@ -142,6 +142,7 @@ def train_one_step(args: Namespace, model, optimizer, scheduler, shard: dict, mi
     optimizer.zero_grad()
     batches = (get_batch(args, shard, indices) for indices in micro_batches)
     step = partial(_forward_step, args, len(micro_batches), step_global_batch_size)
+    lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (the scheduler moves it after the step)
     synchronize()
     started = time.perf_counter()
     with cuda_literals_on_cpu():
@@ -157,7 +158,7 @@ def train_one_step(args: Namespace, model, optimizer, scheduler, shard: dict, mi
     seconds = time.perf_counter() - started
     metrics = report_step_metrics(args, reports, step_global_batch_size)
     metrics.update(grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
-                   lr=optimizer.param_groups[0]["lr"], step_time=seconds, update_successful=float(update_successful))
+                   lr=lr, step_time=seconds, update_successful=float(update_successful))
     metrics.update(throughput_metrics(args, shard, micro_batches, seconds))
     return metrics
 

@@ -36,3 +36,45 @@ def args_for_hf(directory, *extra):
     return parse_args(["--rollout-batch-size", "1", "--num-rollout", "1", "--actor-num-gpus-per-node", "1",
                        "--hf-checkpoint", str(directory), "--attention-dropout", "0", "--hidden-dropout", "0",
                        *extra])
+
+
+TINY_MODEL_FLAGS = [
+    "--num-layers", "2", "--hidden-size", "64", "--num-attention-heads", "4", "--group-query-attention",
+    "--num-query-groups", "2", "--kv-channels", "16", "--ffn-hidden-size", "128", "--swiglu",
+    "--use-rotary-position-embeddings", "--disable-bias-linear", "--normalization", "RMSNorm", "--norm-epsilon", "1e-6",
+    "--qk-layernorm", "--untie-embeddings-and-output-weights", "--attention-dropout", "0", "--hidden-dropout", "0",
+]
+
+
+def tiny_args(*extra, vocab: int = 512, gpus: int = 1, batch: int = 8):
+    """A tiny Qwen3-shaped model trained with SGD (lr 1) so that weight changes equal minus the gradient."""
+    return parse_args([
+        *TINY_MODEL_FLAGS, "--vocab-size", str(vocab), "--make-vocab-size-divisible-by", "1",
+        "--rollout-batch-size", str(batch), "--global-batch-size", str(batch), "--num-rollout", "4",
+        "--loss-type", "sft_loss", "--disable-compute-advantages-and-returns", "--debug-train-only",
+        "--actor-num-gpus-per-node", str(gpus), "--optimizer", "sgd", "--lr", "1.0", "--lr-decay-style", "constant",
+        "--weight-decay", "0", "--clip-grad", "0", "--data-pad-size-multiplier", "8", *extra,
+    ])
+
+
+def random_samples(count: int, vocab: int = 512, seed: int = 0):
+    """Multi-turn-like samples: a prompt, then a response whose mask has an untrained gap (a user turn)."""
+    from slime.utils.types import Sample
+
+    generator = torch.Generator().manual_seed(seed)
+    samples = []
+    for index in range(count):
+        prompt_len = int(torch.randint(3, 12, (1,), generator=generator))
+        response_len = int(torch.randint(4, 30, (1,), generator=generator))
+        tokens = torch.randint(0, vocab, (prompt_len + response_len,), generator=generator).tolist()
+        mask = [1] * response_len
+        if response_len > 8:
+            mask[3:6] = [0, 0, 0]
+        samples.append(Sample(index=index, tokens=tokens, response_length=response_len, loss_mask=mask, reward=0))
+    return samples
+
+
+def shards_for(args, samples, dp_size: int = 1):
+    from slime.utils.train_data import convert_samples_to_train_data, split_train_data_by_dp
+
+    return split_train_data_by_dp(args, convert_samples_to_train_data(args, samples), dp_size)

@@ -1,0 +1,95 @@
+"""The loss registry: custom losses by path, the RL losses' math, KL estimators."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from slime.backends.megatron_utils.actor import MegatronTrainRayActor
+from slime.backends.megatron_utils.loss import (
+    compute_approx_kl,
+    policy_loss_function,
+    resolve_loss_function,
+    value_loss_function,
+)
+
+from megatron_helpers import random_samples, shards_for, tiny_args
+
+pytestmark = pytest.mark.usefixtures("megatron_world")
+EXAMPLE = "examples.custom_loss.entropy_regularized_sft.entropy_regularized_sft_loss"
+
+
+def first_step(*flags):
+    args = tiny_args("--calculate-per-token-loss", *flags)
+    actor = MegatronTrainRayActor()
+    actor.init(args)
+    return actor.train(0, shards_for(args, random_samples(8))[0])[0]
+
+
+def test_custom_loss_by_path(monkeypatch):
+    import examples.custom_loss.entropy_regularized_sft as example
+
+    sft = first_step()
+    custom = first_step("--loss-type", "custom_loss", "--custom-loss-function-path", EXAMPLE)
+    assert custom["nll"] == pytest.approx(sft["loss"], abs=1e-6)
+    assert custom["loss"] == pytest.approx(custom["nll"] - example.ENTROPY_COEF * custom["entropy"], abs=1e-6)
+    monkeypatch.setattr(example, "ENTROPY_COEF", 0.0)
+    assert first_step("--loss-type", "custom_loss", "--custom-loss-function-path", EXAMPLE)["loss"] == \
+        pytest.approx(sft["loss"], abs=1e-6)
+
+
+def test_custom_loss_needs_a_path(capsys):
+    with pytest.raises(SystemExit):
+        tiny_args("--loss-type", "custom_loss")
+    assert "--custom-loss-function-path" in capsys.readouterr().err
+
+
+def test_registry():
+    assert resolve_loss_function(tiny_args()).__name__ == "sft_loss_function"
+    assert resolve_loss_function(tiny_args("--loss-type", "policy_loss")) is policy_loss_function
+
+
+class Args:
+    rollout_temperature = 1.0
+    use_rollout_logprobs = False
+    eps_clip, eps_clip_high, eps_clip_c = 0.2, 0.2, None
+    entropy_coef = 0.0
+    use_kl_loss = False
+    value_clip = 0.2
+
+
+def test_policy_loss_is_minus_advantage_weighted_log_prob_gradient():
+    # One sample: 3 prompt tokens + 2 response tokens; vocab 4.
+    batch = {"tokens": torch.tensor([[0, 1, 2, 3, 1]]), "total_lengths": [5], "response_lengths": [2],
+             "advantages": [torch.tensor([1.0, -2.0])]}
+    logits = torch.randn(1, 5, 4, requires_grad=True)
+    loss, metrics = policy_loss_function(Args, batch, logits, lambda x: x.sum())
+    loss.backward()
+    log_probs = torch.log_softmax(logits.detach(), -1)
+    assert metrics["pg_clipfrac"] == 0 and metrics["ppo_kl"] == 0  # on-policy: ratio 1
+    # d(loss)/d(logit of the chosen token) = -A * (1 - p) at the positions predicting the response.
+    for position, target, advantage in ((2, 3, 1.0), (3, 1, -2.0)):
+        p = log_probs[0, position, target].exp()
+        assert logits.grad[0, position, target].item() == pytest.approx(-advantage * (1 - p.item()), abs=1e-5)
+    assert logits.grad[0, :2].abs().sum() == 0 and logits.grad[0, 4].abs().sum() == 0
+
+
+def test_value_loss_clips():
+    batch = {"total_lengths": [3], "response_lengths": [2], "values": [torch.tensor([0.0, 0.0])],
+             "returns": [torch.tensor([1.0, 1.0])]}
+    logits = torch.tensor([[[0.1], [1.0], [5.0]]])  # positions 0 and 1 hold the values of the two response steps
+    loss, metrics = value_loss_function(Args, batch, logits, lambda x: x.sum())
+    # Position 0: 0.81 either way; position 1: value 1.0 is clipped to 0.2 -> max((1-1)^2, (0.2-1)^2) = 0.64.
+    assert loss.item() == pytest.approx(0.64 + 0.81)
+    assert metrics["value_clipfrac"].item() == 1.0
+
+
+def test_kl_estimators():
+    a, b = torch.tensor([-1.0, -2.0]), torch.tensor([-1.5, -1.0])
+    r = a - b
+    assert torch.allclose(compute_approx_kl(a, b, "k1"), r)
+    assert torch.allclose(compute_approx_kl(a, b, "k2"), r**2 / 2)
+    assert torch.allclose(compute_approx_kl(a, b, "k3"), torch.exp(-r) - 1 + r)
+    assert (compute_approx_kl(a, b, "low_var_kl") >= 0).all()
+    with pytest.raises(ValueError):
+        compute_approx_kl(a, b, "k9")

@@ -32,7 +32,8 @@ class DataSource(abc.ABC):
         """Give groups back (partial rollout recycles aborted groups)."""
 
     @abc.abstractmethod
-    def save(self, rollout_id: int) -> None: ...
+    def save(self, rollout_id: int, state: dict[str, Any] | None = None) -> None:
+        """Persist the cursor (or `state`, a `state_dict()` taken earlier) as of the end of `rollout_id`."""
 
     @abc.abstractmethod
     def load(self, rollout_id: int | None = None) -> None: ...
@@ -125,10 +126,10 @@ class RolloutDataSource(DataSource):
             "epoch_id": self.epoch_id,
             "sample_group_index": self.sample_group_index,
             "sample_index": self.sample_index,
-            "metadata": self.metadata,
+            "metadata": copy.deepcopy(self.metadata),
         }
 
-    def save(self, rollout_id: int) -> None:
+    def save(self, rollout_id: int, state: dict[str, Any] | None = None) -> None:
         if not self.args.rollout_global_dataset:
             return
         import torch
@@ -136,7 +137,7 @@ class RolloutDataSource(DataSource):
         path = state_path(self.args.save, rollout_id)
         os.makedirs(os.path.dirname(path), exist_ok=True)
         # Write then rename: a crash mid-save never leaves a truncated state file behind.
-        torch.save(self.state_dict(), path + ".tmp")
+        torch.save(state if state is not None else self.state_dict(), path + ".tmp")
         os.replace(path + ".tmp", path)
 
     def load(self, rollout_id: int | None = None) -> None:

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from slime.utils.dp_schedule import build_dp_schedule
+from slime.utils.dp_schedule import build_dp_schedule, first_fit_pack
 from slime.utils.types import Sample
 
 logger = logging.getLogger(__name__)
@@ -113,3 +113,25 @@ def tensorize(shard: dict[str, Any]) -> dict[str, Any]:
     if "rollout_log_probs" in shard:
         out["rollout_log_probs"] = [torch.tensor(x, dtype=torch.float32) for x in shard["rollout_log_probs"]]
     return out
+
+
+def split_eval_data_by_dp(args: Namespace, data: dict, dp_size: int) -> list[dict[str, Any]]:
+    """Held-out data for a forward-only pass: every sample used once (no step rounding), dealt round-robin,
+    micro-batched like training."""
+    if len(data["tokens"]) < dp_size:
+        raise ValueError(f"an eval set of {len(data['tokens'])} samples cannot cover {dp_size} data-parallel ranks")
+    data = dict(data)
+    data["total_lengths"] = [len(t) for t in data["tokens"]]
+    shards = []
+    for rank in range(dp_size):
+        mine = list(range(rank, len(data["tokens"]), dp_size))
+        local = list(range(len(mine)))
+        if args.use_dynamic_batch_size:
+            lengths = [data["total_lengths"][i] for i in mine]
+            batches = first_fit_pack(lengths, local, args.max_tokens_per_gpu)
+        else:
+            batches = [local[i : i + args.micro_batch_size] for i in range(0, len(local), args.micro_batch_size)]
+        shard: dict[str, Any] = {key: [data[key][i] for i in mine] for key in PER_SAMPLE_KEYS if key in data}
+        shard.update(partition=mine, micro_batches=[batches], global_batch_sizes=[len(data["tokens"])])
+        shards.append(shard)
+    return shards

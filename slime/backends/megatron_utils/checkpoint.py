@@ -97,7 +97,8 @@ def save_checkpoint(args: Namespace, iteration: int, model, optimizer, scheduler
     state["iteration"] = iteration
     state["parallel_layout"] = _parallel_layout()
     # The flags travel with the checkpoint, so tools can rebuild the model from the checkpoint alone.
-    state["args"] = {k: v for k, v in vars(args).items() if isinstance(v, (int, float, str, bool, type(None)))}
+    state["args"] = {k: v for k, v in vars(args).items()
+                     if isinstance(v, (int, float, str, bool, type(None))) and k not in ("rank", "local_rank")}
     with cuda_literals_on_cpu():
         dist_checkpointing.save(state, staging)
     _barrier()

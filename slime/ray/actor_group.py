@@ -1,0 +1,76 @@
+"""N training actors, one per device (or CPU worker), forming one torch.distributed world."""
+
+from __future__ import annotations
+
+import logging
+import time
+from argparse import Namespace
+from typing import Any
+
+import ray
+
+from slime.backends.megatron_utils.initialize import free_port
+from slime.ray.placement_group import Placement
+from slime.ray.train_actor import TrainRayActor
+
+logger = logging.getLogger(__name__)
+WAIT_LOG_INTERVAL_S = 30.0
+
+
+def wait_all(refs: list, what: str) -> list:
+    """Results of all refs; the first failure raises at once (with the remote traceback) instead of waiting for
+    peers that may never finish, and a long wait says what it waits for."""
+    results: dict[Any, Any] = {}
+    pending = list(refs)
+    started = last_log = time.monotonic()
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+        for ref in ready:
+            results[ref] = ray.get(ref)
+        if time.monotonic() - last_log > WAIT_LOG_INTERVAL_S:
+            last_log = time.monotonic()
+            logger.info("waiting for %s: %d of %d done after %.0f s", what, len(refs) - len(pending), len(refs),
+                        last_log - started)
+    return [results[ref] for ref in refs]
+
+
+@ray.remote(num_cpus=0)
+def _rendezvous_address() -> tuple[str, int]:
+    return ray.util.get_node_ip_address(), free_port()
+
+
+class RayTrainGroup:
+    def __init__(self, args: Namespace, placement: Placement):
+        self.args = args
+        world_size = args.actor_num_nodes * args.actor_num_gpus_per_node
+        env = {k: str(v) for k, v in args.train_env_vars.items()}
+        address, port = ray.get(_rendezvous_address.options(scheduling_strategy=placement.strategy(0)).remote())
+        actor_class = ray.remote(TrainRayActor)
+        self.actors = [
+            actor_class.options(
+                num_cpus=1,
+                num_gpus=1 if placement.uses_gpus else 0,
+                scheduling_strategy=placement.strategy(rank),
+                runtime_env={"env_vars": env} if env else None,
+            ).remote(world_size, rank, address, port)
+            for rank in range(world_size)
+        ]
+
+    def init(self, args: Namespace) -> int:
+        starts = wait_all([actor.init.remote(args) for actor in self.actors], "trainers to initialise")
+        if len(set(starts)) != 1:
+            raise RuntimeError(f"trainers disagree on the rollout to start at: {starts}")
+        return starts[0]
+
+    def train(self, rollout_id: int, boxes: list) -> list[dict[str, float]]:
+        results = wait_all([a.train.remote(rollout_id, boxes) for a in self.actors], f"training on rollout {rollout_id}")
+        return results[0]
+
+    def eval_loss(self, boxes: list) -> dict[str, float]:
+        return wait_all([a.eval_loss.remote(boxes) for a in self.actors], "the validation loss")[0]
+
+    def save_model(self, rollout_id: int) -> None:
+        wait_all([a.save_model.remote(rollout_id) for a in self.actors], f"the checkpoint of rollout {rollout_id}")
+
+    def update_weights(self) -> None:
+        wait_all([a.update_weights.remote() for a in self.actors], "the weight update")

@@ -1,0 +1,141 @@
+"""What train.py and train_async.py share: the Ray session, building the actors, saving, evaluating, progress."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import sys
+import time
+from argparse import Namespace
+from typing import Any, Iterator
+
+import ray
+
+from slime.ray.actor_group import RayTrainGroup, wait_all
+from slime.ray.placement_group import Placement, placement_layout
+from slime.utils.arguments import compute_num_rollout
+from slime.utils.tracking import Tracker
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def ray_session(args: Namespace) -> Iterator[None]:
+    """Join the cluster of `ray job submit` (RAY_ADDRESS), or start a local Ray on 127.0.0.1 and stop it at exit."""
+    if ray.is_initialized():
+        yield
+        return
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": env})
+    else:
+        needed, _ = placement_layout(args)
+        ray.init(num_cpus=max(os.cpu_count() or 1, needed), _node_ip_address="127.0.0.1", include_dashboard=False,
+                 runtime_env={"env_vars": env}, logging_level=logging.WARNING)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def set_num_rollout(args: Namespace, rollout_manager: Any) -> int | None:
+    """slime derives the run length from --num-epoch and the dataset length (before the trainers are built)."""
+    size = ray.get(rollout_manager.dataset_size.remote())
+    compute_num_rollout(args, size)
+    logger.info("%d rollouts to train (%s per epoch, %d usable rows)", args.num_rollout,
+                args.num_rollout_per_epoch, size)
+    return args.num_rollout_per_epoch
+
+
+def create_training_models(args: Namespace, placement: Placement, rollout_manager: Any) -> RayTrainGroup:
+    """Trainers, their start rollout (from a checkpoint, or --start-rollout-id), and the data cursor to match."""
+    actor_model = RayTrainGroup(args, placement)
+    start = actor_model.init(args)
+    if args.start_rollout_id is None:
+        args.start_rollout_id = start
+    wait_all([rollout_manager.load.remote(args.start_rollout_id - 1)], "the data-source state")
+    return actor_model
+
+
+def save(rollout_id: int, actor_model: RayTrainGroup, rollout_manager: Any) -> None:
+    actor_model.save_model(rollout_id)
+    wait_all([rollout_manager.save.remote(rollout_id)], "the data-source state to be saved")
+
+
+def evaluate(args: Namespace, rollout_id: int, rollout_manager: Any, actor_model: RayTrainGroup,
+             progress: "Progress") -> None:
+    """Validation loss of each eval dataset, computed by the trainers without training on it."""
+    datasets = wait_all([rollout_manager.eval.remote(rollout_id)], "eval data")[0]
+    metrics = {}
+    for name, boxes in datasets.items():
+        result = actor_model.eval_loss(boxes)
+        metrics[f"eval/{name}/loss"] = result["loss"]
+    progress.log_eval(rollout_id, metrics)
+
+
+class Progress:
+    """One log line per rollout (loss, lr, grad norm, tokens/s, ETA), a bar on a terminal, metric sinks, summary."""
+
+    def __init__(self, args: Namespace):
+        self.args = args
+        self.start_rollout = args.start_rollout_id
+        self.started = time.monotonic()
+        self.first_loss: float | None = None
+        self.last: dict[str, float] = {}
+        self.tokens = 0.0
+        self.train_seconds = 0.0
+        self.tracker = Tracker(args)
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=args.num_rollout, initial=args.start_rollout_id, unit="rollout")
+
+    def log(self, rollout_id: int, rollout_metrics: dict[str, Any], step_metrics: list[dict[str, float]]) -> None:
+        for metrics in step_metrics:
+            if self.first_loss is None:
+                self.first_loss = metrics.get("loss")
+            self.tokens += metrics["tokens_per_s"] * metrics["step_time"] * self.args.data_parallel_size
+            self.train_seconds += metrics["step_time"]
+            self.tracker.log({f"train/{k}": v for k, v in metrics.items()}, step=int(metrics["step"]))
+        self.last = step_metrics[-1] if step_metrics else self.last
+        self.tracker.log({k: v for k, v in rollout_metrics.items() if isinstance(v, (int, float))}, step=rollout_id)
+        done = rollout_id + 1 - self.start_rollout
+        remaining = self.args.num_rollout - rollout_id - 1
+        eta = (time.monotonic() - self.started) / done * remaining
+        logger.info(
+            "rollout %d/%d (epoch %s) | loss %.4f | lr %.3g | grad norm %.3f | %.0f tokens/s | ETA %s",
+            rollout_id + 1, self.args.num_rollout, rollout_metrics.get("rollout/epoch", "?"),
+            self.last.get("loss", float("nan")), self.last.get("lr", float("nan")),
+            self.last.get("grad_norm", float("nan")), self.last.get("tokens_per_s", 0.0) * self.args.data_parallel_size,
+            _duration(eta),
+        )
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{self.last.get('loss', float('nan')):.4f}")
+
+    def log_eval(self, rollout_id: int, metrics: dict[str, float]) -> None:
+        self.last.update(metrics)
+        self.tracker.log(metrics, step=rollout_id)
+        logger.info("eval after rollout %d: %s", rollout_id, ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+
+    def summary(self) -> dict[str, Any]:
+        if self.bar is not None:
+            self.bar.close()
+        self.tracker.finish()
+        summary = {
+            "first_loss": self.first_loss,
+            "last_loss": self.last.get("loss"),
+            "tokens_per_s": self.tokens / self.train_seconds if self.train_seconds else None,
+            "wall_time_s": time.monotonic() - self.started,
+            **{k: v for k, v in self.last.items() if k.startswith("eval/")},
+        }
+        logger.info("done: %s", ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                          for k, v in summary.items()))
+        return summary
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"

@@ -1,0 +1,41 @@
+"""Synchronous training: generate a rollout, train on it, save, sync weights, evaluate; repeat."""
+
+from slime.ray.driver import Progress, create_training_models, evaluate, ray_session, save, set_num_rollout
+from slime.ray.placement_group import create_placement_groups
+from slime.ray.rollout import create_rollout_manager
+from slime.ray.actor_group import wait_all
+from slime.utils.arguments import parse_args
+from slime.utils.logging_utils import configure_logging
+from slime.utils.misc import should_run_periodic_action
+
+
+def train(args) -> dict:
+    with ray_session(args):
+        placements = create_placement_groups(args)
+        rollout_manager = create_rollout_manager(args, placements["actor"].uses_gpus)
+        num_rollout_per_epoch = set_num_rollout(args, rollout_manager)
+        actor_model = create_training_models(args, placements["actor"], rollout_manager)
+        actor_model.update_weights()  # engines start from the trainer's weights (a no-op for SFT)
+        progress = Progress(args)
+
+        if args.eval_interval is not None and args.start_rollout_id == 0 and not args.skip_eval_before_train:
+            evaluate(args, 0, rollout_manager, actor_model, progress)
+
+        for rollout_id in range(args.start_rollout_id, args.num_rollout):
+            boxes, rollout_metrics = wait_all([rollout_manager.generate.remote(rollout_id)], f"rollout {rollout_id}")[0]
+            step_metrics = actor_model.train(rollout_id, boxes)
+            progress.log(rollout_id, rollout_metrics, step_metrics)
+
+            if should_run_periodic_action(rollout_id, args.save_interval, num_rollout_per_epoch, args.num_rollout):
+                save(rollout_id, actor_model, rollout_manager)
+            actor_model.update_weights()
+            if should_run_periodic_action(rollout_id, args.eval_interval, num_rollout_per_epoch):
+                evaluate(args, rollout_id, rollout_manager, actor_model, progress)
+
+        wait_all([rollout_manager.dispose.remote()], "the rollout manager to stop")
+        return progress.summary()
+
+
+if __name__ == "__main__":
+    configure_logging()
+    train(parse_args())

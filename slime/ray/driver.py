@@ -35,6 +35,9 @@ def ray_session(args: Namespace) -> Iterator[None]:
                  runtime_env={"env_vars": env}, logging_level=logging.WARNING)
     try:
         yield
+    except KeyboardInterrupt:
+        logger.warning("interrupted: stopping the trainers and Ray")
+        raise
     finally:
         ray.shutdown()
 

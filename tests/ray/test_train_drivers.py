@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
@@ -134,3 +135,22 @@ def test_custom_rollout_function_by_path(quick_task, tmp_path):
     assert code == 0, output[-4000:]
     first, last = summary(output)
     assert last < first
+
+
+def test_ctrl_c_stops_the_run_and_ray(quick_task, tmp_path):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen([sys.executable, str(REPO_ROOT / "train_async.py"),
+                                *sft_flags(quick_task, tmp_path, 1, 200)], cwd=tmp_path, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines = []
+    for line in process.stdout:
+        lines.append(line)
+        if "rollout 2/200" in line:
+            break
+    process.send_signal(signal.SIGINT)
+    output = "".join(lines) + process.communicate(timeout=60)[0]
+    assert process.returncode != 0 and "interrupted: stopping the trainers and Ray" in output
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and subprocess.run(["pgrep", "-f", "gcs_server"], capture_output=True).stdout:
+        time.sleep(1)
+    assert not subprocess.run(["pgrep", "-f", "gcs_server"], capture_output=True).stdout, "Ray is still running"

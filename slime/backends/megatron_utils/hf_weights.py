@@ -27,6 +27,18 @@ HF_ASSET_FILES = (
     "special_tokens_map.json", "chat_template.jinja", "added_tokens.json",
 )
 _LAYER_RE = re.compile(r"^decoder\.layers\.(\d+)\.(.+)$")
+# Per-layer parameters copied as they are (Megatron suffix -> HF suffix under model.layers.N.); the local and the
+# Transformer Engine specs name the norms differently.
+ONE_TO_ONE_LAYER_NAMES = {
+    "input_layernorm.weight": "input_layernorm.weight",
+    "self_attention.linear_qkv.layer_norm_weight": "input_layernorm.weight",
+    "pre_mlp_layernorm.weight": "post_attention_layernorm.weight",
+    "mlp.linear_fc1.layer_norm_weight": "post_attention_layernorm.weight",
+    "self_attention.linear_proj.weight": "self_attn.o_proj.weight",
+    "self_attention.q_layernorm.weight": "self_attn.q_norm.weight",
+    "self_attention.k_layernorm.weight": "self_attn.k_norm.weight",
+    "mlp.linear_fc2.weight": "mlp.down_proj.weight",
+}
 
 
 class SafetensorReader:
@@ -104,19 +116,9 @@ def hf_tensor_for(name: str, reader: SafetensorReader, args: Namespace) -> torch
         return merge_qkv(*(reader.get(f"{attn}{p}_proj.{kind}") for p in "qkv"), args)
     if rest == "mlp.linear_fc1.weight":
         return torch.cat([reader.get(mlp + "gate_proj.weight"), reader.get(mlp + "up_proj.weight")])
-    simple = {
-        "input_layernorm.weight": prefix + "input_layernorm.weight",
-        "self_attention.linear_qkv.layer_norm_weight": prefix + "input_layernorm.weight",
-        "pre_mlp_layernorm.weight": prefix + "post_attention_layernorm.weight",
-        "mlp.linear_fc1.layer_norm_weight": prefix + "post_attention_layernorm.weight",
-        "self_attention.linear_proj.weight": attn + "o_proj.weight",
-        "self_attention.q_layernorm.weight": attn + "q_norm.weight",
-        "self_attention.k_layernorm.weight": attn + "k_norm.weight",
-        "mlp.linear_fc2.weight": mlp + "down_proj.weight",
-    }
-    if rest not in simple:
+    if rest not in ONE_TO_ONE_LAYER_NAMES:
         raise KeyError(f"no HF source for Megatron parameter {name}")
-    return reader.get(simple[rest])
+    return reader.get(prefix + ONE_TO_ONE_LAYER_NAMES[rest])
 
 
 def megatron_to_hf(name: str, tensor: torch.Tensor, args: Namespace) -> list[tuple[str, torch.Tensor]]:
@@ -139,17 +141,7 @@ def megatron_to_hf(name: str, tensor: torch.Tensor, args: Namespace) -> list[tup
     if rest == "mlp.linear_fc1.weight":
         gate, up = tensor.chunk(2)
         return [(mlp + "gate_proj.weight", gate), (mlp + "up_proj.weight", up)]
-    simple = {
-        "input_layernorm.weight": prefix + "input_layernorm.weight",
-        "self_attention.linear_qkv.layer_norm_weight": prefix + "input_layernorm.weight",
-        "pre_mlp_layernorm.weight": prefix + "post_attention_layernorm.weight",
-        "mlp.linear_fc1.layer_norm_weight": prefix + "post_attention_layernorm.weight",
-        "self_attention.linear_proj.weight": attn + "o_proj.weight",
-        "self_attention.q_layernorm.weight": attn + "q_norm.weight",
-        "self_attention.k_layernorm.weight": attn + "k_norm.weight",
-        "mlp.linear_fc2.weight": mlp + "down_proj.weight",
-    }
-    return [(simple[rest], tensor)]
+    return [(prefix + ONE_TO_ONE_LAYER_NAMES[rest], tensor)]
 
 
 def _is_glu_fc1(name: str, args: Namespace) -> bool:

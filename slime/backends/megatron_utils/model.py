@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import resource
 import time
 from argparse import Namespace
 from functools import partial
@@ -96,14 +97,17 @@ def build_scheduler(args: Namespace, optimizer: Any) -> OptimizerParamScheduler:
     )
 
 
+def pad_length(args: Namespace, num_tokens: int) -> int:
+    """Tokens appended to a packed micro-batch of `num_tokens` (to a multiple of TP x --data-pad-size-multiplier)."""
+    return -num_tokens % (parallel_state.get_tensor_model_parallel_world_size() * args.data_pad_size_multiplier)
+
+
 def get_batch(args: Namespace, shard: dict, indices: list[int]) -> dict:
     """One packed micro-batch: sequences concatenated into [1, T], padded with token 0 (as one extra sequence)
     to a multiple of TP x --data-pad-size-multiplier, with cu_seqlens for attention."""
     tokens = [shard["tokens"][i] for i in indices]
     lengths = [len(t) for t in tokens]
-    multiple = parallel_state.get_tensor_model_parallel_world_size() * args.data_pad_size_multiplier
-    total = sum(lengths)
-    pad = -total % multiple
+    pad = pad_length(args, sum(lengths))
     stream = torch.cat(tokens + ([torch.zeros(pad, dtype=torch.long)] if pad else []))
     boundaries = [0]
     for length in lengths + ([pad] if pad else []):
@@ -164,8 +168,10 @@ def train_one_step(args: Namespace, model, optimizer, scheduler, shard: dict, mi
 
 
 def throughput_metrics(args: Namespace, shard: dict, micro_batches: list[list[int]], seconds: float) -> dict:
-    """Tokens/s and TFLOP/s of this rank (FLOPs from the model shape and the real sequence lengths), and MFU."""
+    """Tokens/s and TFLOP/s of this rank (FLOPs from the model shape and the real sequence lengths), MFU, the
+    fraction of computed tokens that are padding, and the process's peak resident memory."""
     lengths = [len(shard["tokens"][i]) for mb in micro_batches for i in mb]
+    padding = sum(pad_length(args, sum(len(shard["tokens"][i]) for i in mb)) for mb in micro_batches)
     # Each tensor-parallel rank does 1/TP of its data-parallel replica's work.
     flops = training_flops(args, lengths) / parallel_state.get_tensor_model_parallel_world_size()
     tflops = flops / max(seconds, 1e-9) / 1e12
@@ -174,6 +180,8 @@ def throughput_metrics(args: Namespace, shard: dict, micro_batches: list[list[in
         "tokens_per_s": sum(lengths) / max(seconds, 1e-9),
         "tflops": tflops,
         "mfu": tflops / peak if peak else float("nan"),
+        "padding_fraction": padding / max(sum(lengths) + padding, 1),
+        "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
     }
 
 

@@ -1,9 +1,10 @@
-"""Metric sinks: Weights & Biases (`--use-wandb`, offline with `--wandb-mode offline`) and TensorBoard
-(`--use-tensorboard`). Both are optional installs; asking for one that is missing is an error that says what to
+"""Metric sinks: Weights & Biases (`--use-wandb`, offline with `--wandb-mode offline`), TensorBoard
+(`--use-tensorboard`) and a JSON-lines file (`--metrics-file`). Both are optional installs; asking for one that is missing is an error that says what to
 install, at start-up rather than at the first metric."""
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from argparse import Namespace
@@ -14,6 +15,7 @@ class Tracker:
     def __init__(self, args: Namespace):
         self.wandb_run = None
         self.writer = None
+        self.metrics_file = open(args.metrics_file, "a") if getattr(args, "metrics_file", None) else None
         if args.use_wandb:
             try:
                 import wandb
@@ -44,9 +46,14 @@ class Tracker:
         if self.writer is not None:
             for key, value in numeric.items():
                 self.writer.add_scalar(key, value, step)
+        if self.metrics_file is not None:
+            self.metrics_file.write(json.dumps({"step": step, **numeric}) + "\n")
+            self.metrics_file.flush()
 
     def finish(self) -> None:
         if self.wandb_run is not None:
             self.wandb_run.finish()
         if self.writer is not None:
             self.writer.close()
+        if self.metrics_file is not None:
+            self.metrics_file.close()

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.tensor_parallel.mappings import reduce_from_tensor_model_parallel_region
 
@@ -36,6 +37,14 @@ def vocab_parallel_log_probs_and_entropy(
     logits: [tokens, vocab/tp] (fp32). Differentiable; with TP=1 it is log_softmax + gather.
     """
     tp_size = parallel_state.get_tensor_model_parallel_world_size()
+    if tp_size == 1:
+        # Whole vocabulary on this rank: PyTorch's fused cross-entropy makes far fewer passes over [tokens, vocab].
+        log_probs = -F.cross_entropy(logits, targets, reduction="none")
+        entropy = None
+        if with_entropy:
+            log_softmax = torch.log_softmax(logits, dim=-1)
+            entropy = -(log_softmax.exp() * log_softmax).sum(dim=-1)
+        return log_probs, entropy
     vocab_start = parallel_state.get_tensor_model_parallel_rank() * logits.shape[-1]
     row_max = logits.detach().max(dim=-1).values
     if tp_size > 1:

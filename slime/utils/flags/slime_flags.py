@@ -239,6 +239,7 @@ def add_eval_arguments(parser: argparse.ArgumentParser) -> None:
 def add_logging_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("logging", "Metrics sinks.")
     g.add_argument("--log-interval", type=int, default=1, help="Optimizer steps between log lines.")
+    g.add_argument("--metrics-file", type=str, default=None, help="Append every metric as a JSON line to this file.")
     g.add_argument("--use-wandb", action="store_true", help="Log to Weights & Biases.")
     g.add_argument("--wandb-project", type=str, default=None, help="W&B project.")
     g.add_argument("--wandb-group", type=str, default=None, help="W&B group.")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 
 import pytest
 
@@ -16,7 +17,9 @@ pytestmark = pytest.mark.slow
 
 def test_gpu_script_tiny_on_cpu(tmp_path):
     result = subprocess.run(["bash", str(REPO_ROOT / "benchmarks" / "gpu_sft.sh"), "--tiny"],
-                            env={**os.environ, "OUT": str(tmp_path)}, capture_output=True, text=True)
+                            env={**os.environ, "OUT": str(tmp_path),
+                                 # the script runs `python`: this interpreter's
+                                 "PATH": os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"]}, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
     report = json.loads((tmp_path / "gpu_sft_tiny.json").read_text())
     assert report["first_step_loss_abs_diff"] < 1e-4

@@ -13,9 +13,9 @@ if ! python3 -c "import slime, torch, megatron.core, ray, transformers, pyarrow"
     echo "== installing (a .venv with the CPU build of torch, then this package)"
     [ -d .venv ] || python3 -m venv .venv
     . .venv/bin/activate
-    python -m pip install -q -U pip
-    python -m pip install -q torch==2.13.0
-    python -m pip install -q -e .
+    python3 -m pip install -q -U pip
+    python3 -m pip install -q torch==2.13.0
+    python3 -m pip install -q -e .
 fi
 
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled} PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
@@ -24,20 +24,20 @@ ROLLOUTS=${ROLLOUTS:-150}
 mkdir -p "$OUT"
 
 echo "== data: the task in ShareGPT form, converted to messages parquet by the real converter"
-python examples/quickstart/make_task.py --output-dir "$OUT/data"
-python tools/prepare_openhermes.py --input "$OUT/data/train.json" --output "$OUT/data/train.parquet"
-python tools/prepare_openhermes.py --input "$OUT/data/validation.json" --output "$OUT/data/validation.parquet"
+python3 examples/quickstart/make_task.py --output-dir "$OUT/data"
+python3 tools/prepare_openhermes.py --input "$OUT/data/train.json" --output "$OUT/data/train.parquet"
+python3 tools/prepare_openhermes.py --input "$OUT/data/validation.json" --output "$OUT/data/validation.parquet"
 
 echo "== model: a small randomly initialised Qwen3 with SmolLM2's tokenizer and ChatML template"
-python examples/quickstart/make_model.py --output-dir "$OUT/init_model"
+python3 examples/quickstart/make_model.py --output-dir "$OUT/init_model"
 
 echo "== before training: greedy answers on held-out prompts"
-python examples/quickstart/evaluate.py --model "$OUT/init_model" --prompts "$OUT/data/held_out.json" \
+python3 examples/quickstart/evaluate.py --model "$OUT/init_model" --prompts "$OUT/data/held_out.json" \
     | tee "$OUT/before.txt"
 
 echo "== training: train_async.py, 2 CPU trainers"
 rm -rf "$OUT/ckpt" "$OUT/hf"
-python train_async.py \
+python3 train_async.py \
     --actor-num-nodes 1 --actor-num-gpus-per-node 2 \
     --hf-checkpoint "$OUT/init_model" --ref-load "$OUT/init_model" --load "$OUT/ckpt" \
     --rollout-function-path slime.rollout.sft_rollout.generate_rollout \
@@ -52,9 +52,9 @@ python train_async.py \
     2>&1 | tee "$OUT/train.log"
 
 echo "== after training: greedy answers on the same held-out prompts"
-python examples/quickstart/evaluate.py --model "$OUT/hf" --prompts "$OUT/data/held_out.json" | tee "$OUT/after.txt"
+python3 examples/quickstart/evaluate.py --model "$OUT/hf" --prompts "$OUT/data/held_out.json" | tee "$OUT/after.txt"
 
-python - "$OUT" <<'PY'
+python3 - "$OUT" <<'PY'
 import json, re, sys
 out = sys.argv[1]
 log = open(f"{out}/train.log").read()

@@ -36,6 +36,10 @@ class ArgumentValidationError(ValueError):
     """A combination of flags that cannot work; the message says which flags and why."""
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the description's layout and shows every flag's default."""
+
+
 class SlimeArgumentParser(argparse.ArgumentParser):
     def known_option_strings(self) -> list[str]:
         return [s for action in self._actions for s in action.option_strings if s.startswith("--")]
@@ -61,7 +65,7 @@ def build_parser(add_custom_arguments: Callable[[argparse.ArgumentParser], None]
         description=DESCRIPTION,
         # The full usage line of ~250 flags would bury the error message.
         usage="%(prog)s [flags]   (--help lists them by group)",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        formatter_class=HelpFormatter,
         allow_abbrev=False,
     )
     # User flags first, so that ours cannot silently replace them (a clash is an argparse error instead).

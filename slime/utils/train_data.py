@@ -67,6 +67,11 @@ def convert_samples_to_train_data(args: Namespace, samples: list[Sample], reward
     return data
 
 
+def take_samples(data: dict, indices: list[int]) -> dict[str, Any]:
+    """The per-sample keys of `data`, restricted to `indices` (in that order)."""
+    return {key: [data[key][i] for i in indices] for key in PER_SAMPLE_KEYS if key in data}
+
+
 def split_train_data_by_dp(args: Namespace, data: dict, dp_size: int) -> list[dict[str, Any]]:
     """One dict per DP rank: its samples (in micro-batch order), its micro-batches per step, and shared keys."""
     data = dict(data)
@@ -93,7 +98,7 @@ def split_train_data_by_dp(args: Namespace, data: dict, dp_size: int) -> list[di
                 step_batches.append(list(range(len(partition), len(partition) + len(batch))))
                 partition.extend(batch)
             micro_batches.append(step_batches)
-        shard: dict[str, Any] = {key: [data[key][i] for i in partition] for key in PER_SAMPLE_KEYS if key in data}
+        shard = take_samples(data, partition)
         shard.update(
             partition=partition,
             micro_batches=micro_batches,
@@ -105,7 +110,9 @@ def split_train_data_by_dp(args: Namespace, data: dict, dp_size: int) -> list[di
 
 
 def tensorize(shard: dict[str, Any]) -> dict[str, Any]:
-    """Token and mask lists as CPU tensors (what crosses the object store)."""
+    """Token and mask lists as CPU tensors (what crosses the object store); a shard already in tensors is kept."""
+    if shard["tokens"] and isinstance(shard["tokens"][0], torch.Tensor):
+        return shard
     out = dict(shard)
     out["tokens"] = [torch.tensor(t, dtype=torch.long) for t in shard["tokens"]]
     out["loss_masks"] = [torch.tensor(m, dtype=torch.int) for m in shard["loss_masks"]]
@@ -131,7 +138,7 @@ def split_eval_data_by_dp(args: Namespace, data: dict, dp_size: int) -> list[dic
             batches = first_fit_pack(lengths, local, args.max_tokens_per_gpu)
         else:
             batches = [local[i : i + args.micro_batch_size] for i in range(0, len(local), args.micro_batch_size)]
-        shard: dict[str, Any] = {key: [data[key][i] for i in mine] for key in PER_SAMPLE_KEYS if key in data}
+        shard = take_samples(data, mine)
         shard.update(partition=mine, micro_batches=[batches], global_batch_sizes=[len(data["tokens"])])
         shards.append(shard)
     return shards

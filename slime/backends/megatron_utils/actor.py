@@ -41,7 +41,7 @@ class MegatronTrainRayActor:
 
     def train(self, rollout_id: int, rollout_data: dict[str, Any]) -> list[dict[str, float]]:
         """Train on this data-parallel rank's shard (from `split_train_data_by_dp`); one entry per optimizer step."""
-        shard = rollout_data if not isinstance(rollout_data["tokens"][0], list) else tensorize(rollout_data)
+        shard = tensorize(rollout_data)
         step_metrics = []
         for step_id, micro_batches in enumerate(shard["micro_batches"]):
             metrics = train_one_step(self.args, self.model, self.optimizer, self.scheduler, shard, micro_batches,
@@ -57,7 +57,7 @@ class MegatronTrainRayActor:
         return step_metrics
 
     def eval_loss(self, eval_data: dict[str, Any]) -> dict[str, float]:
-        shard = eval_data if not isinstance(eval_data["tokens"][0], list) else tensorize(eval_data)
+        shard = tensorize(eval_data)
         micro_batches = [mb for step in shard["micro_batches"] for mb in step]
         return forward_only_loss(self.args, self.model, shard, micro_batches)
 

@@ -185,6 +185,15 @@ def resolve_loss_function(args: Namespace) -> LossFn:
     return LOSS_FUNCTIONS[args.loss_type]
 
 
+def compute_loss(args: Namespace, batch: dict, logits: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The registered loss of one micro-batch, unscaled, and its report: the trained-token count and the metrics
+    (sums over the micro-batch, which `report_step_metrics` reduces)."""
+    sum_of_sample_mean = make_sum_of_sample_mean(batch, args.calculate_per_token_loss)
+    loss, metrics = resolve_loss_function(args)(args, batch, logits, sum_of_sample_mean)
+    num_tokens = sum(int(m.sum()) for m in batch["loss_masks"])
+    return loss, {"num_tokens": num_tokens, **{k: v.detach().float() for k, v in metrics.items()}}
+
+
 def loss_function(
     args: Namespace, batch: dict, num_microbatches: int, step_global_batch_size: int, logits: torch.Tensor
 ) -> tuple:
@@ -193,12 +202,9 @@ def loss_function(
     The reported metrics are sums over this micro-batch; the trainer adds them over micro-batches and DP ranks and
     divides by the step's token count (per-token mode) or global batch size (default).
     """
-    sum_of_sample_mean = make_sum_of_sample_mean(batch, args.calculate_per_token_loss)
-    loss, metrics = resolve_loss_function(args)(args, batch, logits, sum_of_sample_mean)
-    num_tokens = sum(int(m.sum()) for m in batch["loss_masks"])
-    report = {"num_tokens": num_tokens, **{k: v.detach().float() for k, v in metrics.items()}}
+    loss, report = compute_loss(args, batch, logits)
     if args.calculate_per_token_loss:
-        return loss, torch.tensor(num_tokens, dtype=torch.int, device=loss.device), report
+        return loss, torch.tensor(report["num_tokens"], dtype=torch.int, device=loss.device), report
     dp_size = parallel_state.get_data_parallel_world_size(with_context_parallel=True)
     return loss * num_microbatches / step_global_batch_size * dp_size, report
 

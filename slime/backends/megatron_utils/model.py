@@ -19,12 +19,7 @@ from megatron.core.pipeline_parallel import get_forward_backward_func
 from megatron.core.utils import get_model_config
 
 from slime.backends.megatron_utils.cpu_bridges import cuda_literals_on_cpu
-from slime.backends.megatron_utils.loss import (
-    loss_function,
-    make_sum_of_sample_mean,
-    report_step_metrics,
-    resolve_loss_function,
-)
+from slime.backends.megatron_utils.loss import compute_loss, loss_function, report_step_metrics
 from slime.backends.megatron_utils.model_provider import build_gpt_model
 from slime.utils.device import device, params_dtype, peak_tflops, synchronize
 from slime.utils.flops import training_flops
@@ -194,9 +189,7 @@ def forward_only_loss(args: Namespace, model, shard: dict, micro_batches: list[l
         batch = get_batch(args, shard, indices)
         logits = model(input_ids=batch["tokens"], position_ids=None, attention_mask=None,
                        packed_seq_params=batch["packed_seq_params"])
-        sum_of_sample_mean = make_sum_of_sample_mean(batch, args.calculate_per_token_loss)
-        _, metrics = resolve_loss_function(args)(args, batch, logits, sum_of_sample_mean)
-        reports.append({"num_tokens": sum(int(m.sum()) for m in batch["loss_masks"]), **metrics})
+        reports.append(compute_loss(args, batch, logits)[1])
     num_samples = sum(len(mb) for mb in micro_batches)
     if parallel_state.get_data_parallel_world_size() > 1:
         counts = torch.tensor([num_samples], dtype=torch.float64)

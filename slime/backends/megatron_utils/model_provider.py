@@ -41,7 +41,7 @@ def transformer_config_from_args(args: Namespace) -> TransformerConfig:
             raise ValueError(f"--{flag.replace('_', '-')} is not set (give model flags, or --hf-checkpoint)")
     dtype = params_dtype(args)
     on_gpu = has_gpu()
-    fused = on_gpu and use_transformer_engine(args)
+    fused = use_transformer_engine(args)  # TE implies a GPU
     return TransformerConfig(
         num_layers=args.num_layers,
         hidden_size=args.hidden_size,

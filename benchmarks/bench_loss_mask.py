@@ -15,11 +15,13 @@ import json
 import os
 import platform
 import random
+import sys
 import time
 
 import transformers
 
-from slime.utils.assets import fetch_qwen3_tokenizer
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+from fetch_assets import fetch_qwen3_tokenizer  # noqa: E402
 from slime.utils.mask_utils import MultiTurnLossMaskGenerator
 
 WORDS = ("the model learns to answer questions about physics history code math and language with care "

@@ -51,7 +51,8 @@ def build_inputs(work: str, conversations: int, shape: str, max_train_length: in
     import transformers
 
     from benchmarks.bench_loss_mask import make_conversations
-    from slime.utils.assets import fetch_qwen3_tokenizer
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tools"))
+    from fetch_assets import fetch_qwen3_tokenizer
     from slime.utils.mask_utils import MultiTurnLossMaskGenerator
 
     tokenizer_dir = fetch_qwen3_tokenizer()

@@ -9,13 +9,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ -f .venv/bin/activate ]; then . .venv/bin/activate; fi
-if ! python3 -c "import slime, torch, megatron.core, ray, transformers, pyarrow" 2>/dev/null; then
+if ! python3 -c "import slime, torch, megatron.core, ray, transformers, pyarrow, gguf" 2>/dev/null; then
     echo "== installing (a .venv with the CPU build of torch, then this package)"
     [ -d .venv ] || python3 -m venv .venv
     . .venv/bin/activate
     python3 -m pip install -q -U pip
     python3 -m pip install -q torch==2.13.0
-    python3 -m pip install -q -e .
+    python3 -m pip install -q -e ".[assets]"   # assets: the GGUF reader that unpacks the SmolLM2 tokenizer
 fi
 
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled} PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore

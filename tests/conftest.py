@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import os
 import shlex
+import sys
 import subprocess
 from pathlib import Path
 
 import pytest
 import torch
 
-from slime.utils import assets
 from slime.utils.arguments import parse_args
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT / "tools"))  # the test-asset fetcher lives outside the runtime package
+import fetch_assets as assets  # noqa: E402
 
 # Enough flags for parse_args to accept an SFT run; tests append their own.
 SFT_FLAGS = [

@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import sys
 
 import torch
 import transformers
 
-from slime.utils.assets import FETCHERS
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "tools"))
+from fetch_assets import FETCHERS  # noqa: E402
 
 
 def main() -> None:

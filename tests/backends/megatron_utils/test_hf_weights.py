@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from slime.backends.megatron_utils.hf_weights import load_hf_weights, merge_qkv, save_hf_weights, split_qkv
 from slime.backends.megatron_utils.model_provider import build_gpt_model
-from slime.utils import assets
+import fetch_assets as assets  # tools/, put on sys.path by conftest
 
 from megatron_helpers import args_for_hf, save_tiny_hf_model
 

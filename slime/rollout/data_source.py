@@ -1,9 +1,10 @@
 """Data sources: where a rollout function gets its prompts, and the cursor that makes resumes continue exactly.
 
-`RolloutDataSource` walks the global dataset in order (shuffled per epoch with seed `rollout_seed + epoch` when
-`--rollout-shuffle`), wrapping into the next epoch inside a batch. Each prompt becomes a group of
-`--n-samples-per-prompt` copies. `save`/`load` persist the cursor next to the model checkpoint, so a resumed run
-reads the same samples an uninterrupted run would have.
+`RolloutDataSource` walks the global dataset in order (with `--rollout-shuffle`, in slime's per-epoch order seeded
+by `rollout_seed + epoch`), wrapping into the next epoch inside a batch. Rows are handed over as slime's data source
+hands them, minus those the rollout function's declared checks reject (base_types.DatasetChecks). Each prompt becomes
+a group of `--n-samples-per-prompt` copies. `save`/`load` persist the cursor next to the model checkpoint, so a
+resumed run reads the same samples an uninterrupted run would have.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 from argparse import Namespace
 from typing import Any
 
+from slime.rollout.base_types import DatasetChecks, dataset_checks
 from slime.utils.data import DataError, Dataset
 from slime.utils.misc import load_function, load_tokenizer
 from slime.utils.types import Sample
@@ -46,8 +48,10 @@ def state_path(directory: str, rollout_id: int) -> str:
     return os.path.join(directory, "rollout", f"global_dataset_state_dict_{rollout_id}.pt")
 
 
-def build_dataset(args: Namespace, path: str, *, require_assistant_turn: bool) -> Dataset:
-    """A Dataset configured from the data flags; the tokenizer is loaded only when prompts are rendered or measured."""
+def build_dataset(args: Namespace, path: str, checks: DatasetChecks | None = None) -> Dataset:
+    """A Dataset configured from the data flags and the rollout function's declared checks (none: rows as slime's
+    data source hands them); the tokenizer is loaded only when prompts are rendered or measured."""
+    checks = checks or DatasetChecks()
     needs_tokenizer = args.apply_chat_template or args.rollout_max_prompt_len is not None
     if needs_tokenizer and not args.hf_checkpoint:
         raise DataError("--apply-chat-template and --rollout-max-prompt-len need --hf-checkpoint (the tokenizer)")
@@ -60,9 +64,9 @@ def build_dataset(args: Namespace, path: str, *, require_assistant_turn: bool) -
         tokenizer=load_tokenizer(args.hf_checkpoint) if needs_tokenizer else None,
         apply_chat_template=args.apply_chat_template,
         apply_chat_template_kwargs=args.apply_chat_template_kwargs,
-        # SFT renders whole conversations later; a prompt-length filter only applies to RL prompts.
-        max_prompt_len=None if args.loss_type == "sft_loss" else args.rollout_max_prompt_len,
-        require_assistant_turn=require_assistant_turn,
+        max_prompt_len=args.rollout_max_prompt_len,
+        require_assistant_turn=checks.require_assistant_turn,
+        sample_check=checks.sample_check,
         seed=args.rollout_seed,
     )
 
@@ -77,8 +81,8 @@ class RolloutDataSource(DataSource):
         self.metadata: dict[str, Any] = {}
         self.dataset: Dataset | None = None
         if args.rollout_global_dataset and args.prompt_data:
-            # SFT trains assistant turns: a conversation without one would train nothing, so it is skipped (counted).
-            self.dataset = build_dataset(args, args.prompt_data, require_assistant_turn=args.loss_type == "sft_loss")
+            checks = dataset_checks(load_function(args.rollout_function_path), args)
+            self.dataset = build_dataset(args, args.prompt_data, checks)
             if len(self.dataset) == 0:
                 raise DataError(f"--prompt-data {args.prompt_data}: no usable rows ({self.dataset.stats.summary()})")
             if args.rollout_shuffle:
@@ -130,8 +134,8 @@ class RolloutDataSource(DataSource):
         }
 
     def save(self, rollout_id: int, state: dict[str, Any] | None = None) -> None:
-        if not self.args.rollout_global_dataset:
-            return
+        """Also without the global dataset: slime saves nothing then, so a resumed run numbers its samples from 0
+        again; here the sample and group indices continue, and a rollout function seeded by them resumes exactly."""
         import torch
 
         path = state_path(self.args.save, rollout_id)
@@ -141,7 +145,7 @@ class RolloutDataSource(DataSource):
         os.replace(path + ".tmp", path)
 
     def load(self, rollout_id: int | None = None) -> None:
-        if not self.args.rollout_global_dataset or self.args.load is None or rollout_id is None or rollout_id < 0:
+        if self.args.load is None or rollout_id is None or rollout_id < 0:
             return
         path = state_path(self.args.load, rollout_id)
         if not os.path.exists(path):

@@ -3,8 +3,12 @@
 Selected with `--rollout-function-path slime.rollout.sft_rollout.generate_rollout`. Each conversation becomes one
 `Sample` whose `tokens` are the whole rendered conversation, whose response starts at the first trained token, and
 whose `loss_mask` (response-aligned) marks the assistant tokens. Conversations longer than
-`--rollout-max-context-len` follow `--sft-overlong-policy`; every conversation dropped or truncated is counted,
-reported in the rollout metrics, and (when dropped) replaced by the next one so batches stay full.
+`--rollout-max-context-len` follow `--sft-overlong-policy`; every conversation dropped or truncated is counted.
+
+The reader declares its row checks (`generate_rollout.dataset_checks`): the data source then skips conversations
+without an assistant turn and, under the drop policy, overlong ones while it indexes the data, so epochs count only
+conversations that are trained. Called through a wrapper that does not declare them, the reader makes the same
+checks as it reads, replacing each skipped conversation by the next one so batches stay full.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ import logging
 from argparse import Namespace
 from typing import Any
 
-from slime.rollout.base_types import RolloutFnEvalOutput, RolloutFnTrainOutput
+from slime.rollout.base_types import DatasetChecks, RolloutFnEvalOutput, RolloutFnTrainOutput
 from slime.rollout.data_source import DataSource, build_dataset
 from slime.utils.data import DataError
 from slime.utils.mask_utils import LossMaskError, MultiTurnLossMaskGenerator, get_response_lengths
@@ -41,8 +45,8 @@ class SftReader:
         self.example_logged = False
         self.eval_cache: dict[str, dict[str, list[Any]]] = {}
 
-    def prepare(self, sample: Sample) -> str | None:
-        """Fill tokens, response_length, loss_mask and reward in place; return a skip reason instead when unusable."""
+    def _encode(self, sample: Sample) -> tuple[list[int], list[int]]:
+        """The conversation's token ids and (full-length) loss mask, from one render through the chat template."""
         location = sample.metadata.get("row_location", f"sample {sample.index}")
         messages = sample.prompt
         if isinstance(messages, str):
@@ -51,9 +55,22 @@ class SftReader:
                 "(convert the data with tools/prepare_openhermes.py, or check --input-key)"
             )
         try:
-            token_ids, loss_mask = self.mask_generator.get_loss_mask(messages, tools=sample.metadata.get("tools"))
+            return self.mask_generator.get_loss_mask(messages, tools=sample.metadata.get("tools"))
         except LossMaskError as exc:
             raise DataError(f"{location}: {exc}") from None
+
+    def dataset_reason(self, sample: Sample) -> str | None:
+        """Under `--sft-overlong-policy drop`, why this conversation would never be trained (checked while the data
+        is indexed, so the epoch length counts only conversations that are trained), or None."""
+        token_ids, loss_mask = self._encode(sample)
+        if len(token_ids) > self.max_len:
+            return "overlong_dropped"
+        return "no_trained_tokens" if get_response_lengths([loss_mask])[0] == 0 else None
+
+    def prepare(self, sample: Sample) -> str | None:
+        """Fill tokens, response_length, loss_mask and reward in place; return a skip reason instead when unusable."""
+        location = sample.metadata.get("row_location", f"sample {sample.index}")
+        token_ids, loss_mask = self._encode(sample)
         truncated = False
         if self.max_len is not None and len(token_ids) > self.max_len:
             if self.policy == "error":
@@ -119,7 +136,7 @@ class SftReader:
             name = dataset_config["name"]
             if name in self.eval_cache:
                 continue
-            dataset = build_dataset(args, dataset_config["path"], require_assistant_turn=True)
+            dataset = build_dataset(args, dataset_config["path"], DatasetChecks(require_assistant_turn=True))
             samples, skipped = [], collections.Counter()
             for index, sample in enumerate(dataset.samples(range(len(dataset)))):
                 sample.index = index
@@ -141,13 +158,29 @@ class SftReader:
 _READER: SftReader | None = None
 
 
-def generate_rollout(
-    args: Namespace, rollout_id: int, data_source: DataSource, evaluation: bool = False
-) -> RolloutFnTrainOutput | RolloutFnEvalOutput:
-    """slime's rollout-function contract (docs/rollout_function.md); one reader per run, built on first use."""
+def _reader(args: Namespace) -> SftReader:
+    """One reader per run (per args), built on first use."""
     global _READER
     if _READER is None or _READER.args is not args:
         _READER = SftReader(args)
+    return _READER
+
+
+def generate_rollout(
+    args: Namespace, rollout_id: int, data_source: DataSource, evaluation: bool = False
+) -> RolloutFnTrainOutput | RolloutFnEvalOutput:
+    """slime's rollout-function contract (docs/rollout_function.md)."""
     if evaluation:
-        return _READER.eval_rollout(args)
-    return _READER.train_rollout(args, rollout_id, data_source)
+        return _reader(args).eval_rollout(args)
+    return _reader(args).train_rollout(args, rollout_id, data_source)
+
+
+def sft_dataset_checks(args: Namespace) -> DatasetChecks:
+    """What the SFT reader requires of rows, declared so the data source applies it while indexing (this is what
+    makes a run SFT; a custom rollout function can declare the same with `fn.dataset_checks = sft_dataset_checks`)."""
+    drops_overlong = args.rollout_max_context_len is not None and args.sft_overlong_policy == "drop"
+    return DatasetChecks(require_assistant_turn=True,
+                         sample_check=_reader(args).dataset_reason if drops_overlong else None)
+
+
+generate_rollout.dataset_checks = sft_dataset_checks

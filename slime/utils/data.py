@@ -13,6 +13,7 @@ import glob
 import json
 import logging
 import os
+import random
 import re
 import time
 from dataclasses import dataclass, field
@@ -100,16 +101,18 @@ class _Shard:
             return f"{self.path}: row {local_row}"
         return f"{self.path}: line {int(self.line_numbers[local_row])}"
 
-    def scan(self, columns: list[str]) -> Iterator[tuple[int, list[dict[str, Any]]]]:
-        """Yield (first local row, rows) batches, building the seek index on the way."""
-        yield from (self._scan_parquet(columns) if self.is_parquet else self._scan_jsonl())
+    def scan(self, columns: list[str], optional: Sequence[str] = ()) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+        """Yield (first local row, rows) batches, building the seek index on the way. Parquet reads only `columns`
+        (which must exist) and those of `optional` that do."""
+        yield from (self._scan_parquet(columns, optional) if self.is_parquet else self._scan_jsonl())
 
-    def _scan_parquet(self, columns: list[str]) -> Iterator[tuple[int, list[dict[str, Any]]]]:
+    def _scan_parquet(self, columns: list[str], optional: Sequence[str]) -> Iterator[tuple[int, list[dict[str, Any]]]]:
         parquet_file = pq.ParquetFile(self.path)
         names = parquet_file.schema_arrow.names
         missing = [c for c in columns if c not in names]
         if missing:
             raise DataError(f"{self.path}: no column {missing[0]!r}; the columns are {names}")
+        columns = columns + [c for c in optional if c in names and c not in columns]
         sizes = [parquet_file.metadata.row_group(i).num_rows for i in range(parquet_file.num_row_groups)]
         self.row_group_starts = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
         self.num_rows = int(self.row_group_starts[-1])
@@ -194,7 +197,7 @@ class RowStore:
     DataError to stop. Memory is an index of the kept rows plus a few decoded parquet row groups.
     """
 
-    def __init__(self, spec: str, columns: list[str], row_check: RowCheck):
+    def __init__(self, spec: str, columns: list[str], row_check: RowCheck, optional_columns: Sequence[str] = ()):
         path, row_slice = parse_path_spec(spec)
         self.spec = spec
         self.shards = [_Shard(name) for name in resolve_data_files(path)]
@@ -204,7 +207,7 @@ class RowStore:
         kept_chunks: list[np.ndarray] = []
         offset = 0
         for shard in self.shards:
-            for start, rows in shard.scan(columns):
+            for start, rows in shard.scan(columns, optional_columns):
                 kept = [
                     offset + start + i
                     for i, row in enumerate(rows)
@@ -280,9 +283,9 @@ def check_messages(messages: Any, location: str, require_assistant_turn: bool) -
     return None
 
 
-def normalize_messages(messages: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def normalize_messages(messages: Sequence[Any]) -> list[Any]:
     """Drop keys whose value is None: parquet stores a message list as structs with the union of all keys."""
-    return [{k: v for k, v in message.items() if v is not None} for message in messages]
+    return [{k: v for k, v in m.items() if v is not None} if isinstance(m, dict) else m for m in messages]
 
 
 def parse_tools(raw: Any, location: str) -> list[dict[str, Any]] | None:
@@ -303,8 +306,11 @@ def parse_tools(raw: Any, location: str) -> list[dict[str, Any]] | None:
 class Dataset:
     """The prompts of one dataset as `Sample`s, in a per-epoch shuffled order, read lazily.
 
-    Rows whose prompt is a message list are validated (roles, emptiness, and with `require_assistant_turn` at least
-    one assistant turn). String prompts are kept as they are, or rendered through the chat template.
+    As slime's Dataset: string prompts are kept as they are or rendered through the chat template, list prompts are
+    handed over as lists, and `max_prompt_len` drops string (or rendered) prompts longer than it, while list prompts
+    are not measured. Prompts that are rendered here, or when `require_assistant_turn` is asked for, are checked as
+    chat conversations (roles, emptiness); a rollout function's declared checks set `require_assistant_turn` and
+    `sample_check` (see slime.rollout.base_types.DatasetChecks).
     """
 
     def __init__(
@@ -320,6 +326,7 @@ class Dataset:
         apply_chat_template_kwargs: dict[str, Any] | None = None,
         max_prompt_len: int | None = None,
         require_assistant_turn: bool = False,
+        sample_check: Callable[[Sample], str | None] | None = None,
         seed: int = 42,
     ):
         if apply_chat_template and tokenizer is None:
@@ -330,11 +337,19 @@ class Dataset:
         self.apply_chat_template_kwargs = apply_chat_template_kwargs or {}
         self.max_prompt_len = max_prompt_len
         self.require_assistant_turn = require_assistant_turn
+        self.sample_check = sample_check
         self.seed = seed
-        self.store = RowStore(path, [prompt_key], self._check_row)
+        self.unmeasured_list_prompts = 0
+        # A sample check sees whole Samples, so the scan must also read the columns a Sample is built from.
+        optional = [c for c in (tool_key, metadata_key, label_key) if c] if sample_check else []
+        self.store = RowStore(path, [prompt_key], self._check_row, optional)
         self.stats = self.store.stats
         self.epoch: int | None = None
         self.order = np.arange(len(self.store), dtype=np.int64)
+        if self.unmeasured_list_prompts:
+            logger.info("dataset %s: --rollout-max-prompt-len %d does not apply to the %d list prompts (as in slime, "
+                        "only string prompts, or prompts rendered with --apply-chat-template, are measured)",
+                        path, max_prompt_len, self.unmeasured_list_prompts)
         logger.info("dataset %s: %s", path, self.stats.summary())
 
     def __len__(self) -> int:
@@ -344,18 +359,27 @@ class Dataset:
         if self.prompt_key not in row:
             raise DataError(f"{location}: no key {self.prompt_key!r} (--input-key); the row has {sorted(row)}")
         prompt = row[self.prompt_key]
-        if isinstance(prompt, str):
-            if not prompt.strip():
-                return "empty_prompt"
-            if self.max_prompt_len is not None and not self.apply_chat_template:
-                if len(self._tokenize(prompt)) > self.max_prompt_len:
-                    return "prompt_too_long"
-            return None
-        reason = check_messages(prompt, location, self.require_assistant_turn)
-        if reason is None and self.max_prompt_len is not None and self.apply_chat_template:
-            if len(self._tokenize(self._render(normalize_messages(prompt), None))) > self.max_prompt_len:
-                return "prompt_too_long"
+        reason = None
+        # Rows are checked as chat conversations only where they are used as such (rendered here, or declared by
+        # the rollout function); otherwise they are handed over unchecked, as slime's data source hands them.
+        if self.apply_chat_template or self.require_assistant_turn:
+            if not isinstance(prompt, str):
+                reason = check_messages(prompt, location, self.require_assistant_turn)
+            elif self.apply_chat_template and not prompt.strip():
+                reason = "empty_prompt"
+        if reason is None and self.max_prompt_len is not None:
+            reason = self._prompt_length_reason(prompt)
+        if reason is None and self.sample_check is not None:
+            reason = self.sample_check(self._to_sample(row, location))
         return reason
+
+    def _prompt_length_reason(self, prompt: Any) -> str | None:
+        if self.apply_chat_template:
+            prompt = self._render(normalize_messages(prompt) if not isinstance(prompt, str) else prompt, None)
+        elif not isinstance(prompt, str):
+            self.unmeasured_list_prompts += 1
+            return None
+        return "prompt_too_long" if len(self._tokenize(prompt)) > self.max_prompt_len else None
 
     def _tokenize(self, text: str) -> list[int]:
         if self.tokenizer is None:
@@ -370,10 +394,14 @@ class Dataset:
         )
 
     def shuffle(self, epoch: int) -> None:
-        """Deterministic order of this epoch: seeded by seed + epoch, so a resumed run sees the same order."""
+        """The order of this epoch, as slime's Dataset.shuffle computes it: Python's `random` seeded with
+        seed + epoch shuffling the positions 0..n-1. A private generator gives the same order without reseeding the
+        process-wide `random` module under other code's feet."""
         if epoch == self.epoch:
             return
-        self.order = np.random.default_rng(self.seed + epoch).permutation(len(self.store))
+        order = list(range(len(self.store)))
+        random.Random(self.seed + epoch).shuffle(order)
+        self.order = np.asarray(order, dtype=np.int64)
         self.epoch = epoch
 
     def samples(self, positions: Sequence[int]) -> list[Sample]:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import logging
+import os
 from argparse import Namespace
 from typing import Any
 
 import torch
 
 from slime.utils.dp_schedule import build_dp_schedule, first_fit_pack
+from slime.utils.misc import load_function
+from slime.utils.ppo_utils import normalize_group_rewards
 from slime.utils.types import Sample
 
 logger = logging.getLogger(__name__)
@@ -33,6 +36,48 @@ def assign_rollout_ids(samples: list[Sample]) -> list[int]:
         ids.append(candidate)
         used.add(candidate)
     return ids
+
+
+# What --custom-convert-samples-to-train-data-path must return at least (slime's contract).
+REQUIRED_TRAIN_KEYS = ("tokens", "response_lengths", "rewards", "raw_reward", "truncated", "sample_indices",
+                       "loss_masks")
+# Estimators whose rewards are centred (and for GRPO-like ones scaled) within each prompt's group.
+GROUP_NORMALISED_ESTIMATORS = ("grpo", "gspo", "cispo", "reinforce_plus_plus_baseline")
+GROUP_STD_ESTIMATORS = ("grpo", "gspo", "cispo")
+
+
+def post_process_rewards(args: Namespace, samples: list[Sample]) -> tuple[list[Any], list[float]]:
+    """(raw rewards, rewards to train on): slime's group normalisation, or --custom-reward-post-process-path."""
+    if getattr(args, "custom_reward_post_process_path", None):
+        return load_function(args.custom_reward_post_process_path)(args, samples)
+    raw = [s.get_reward_value(args) for s in samples]
+    if args.advantage_estimator not in GROUP_NORMALISED_ESTIMATORS or not args.rewards_normalization:
+        return raw, raw
+    whole_groups = len(samples) == args.n_samples_per_prompt * args.rollout_batch_size
+    group_size = args.n_samples_per_prompt if whole_groups else len(samples)
+    std = args.advantage_estimator in GROUP_STD_ESTIMATORS and args.grpo_std_normalization
+    return raw, normalize_group_rewards([float(r) for r in raw], group_size, std)
+
+
+def save_debug_rollout_data(path: str, rollout_id: int, samples: list[Sample]) -> None:
+    """`{"rollout_id", "samples": [sample.to_dict()]}`, written atomically (--save-debug-rollout-data)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    torch.save({"rollout_id": rollout_id, "samples": [s.to_dict() for s in samples]}, path + ".tmp")
+    os.replace(path + ".tmp", path)
+
+
+def load_debug_rollout_data(path: str, subsample: float | None = None) -> list[Sample]:
+    """The samples saved by --save-debug-rollout-data; `subsample` keeps that fraction, half from each end."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"--load-debug-rollout-data: {path} does not exist")
+    samples = [Sample.from_dict(d) for d in torch.load(path, weights_only=False)["samples"]]
+    if subsample is not None:
+        if not 0 < subsample <= 1:
+            raise ValueError(f"--load-debug-rollout-data-subsample must be in (0, 1], got {subsample}")
+        keep = max(1, int(len(samples) * subsample))
+        samples = samples[: keep // 2] + samples[len(samples) - (keep - keep // 2):]
+    logger.info("loaded %d saved samples from %s", len(samples), path)
+    return samples
 
 
 def convert_samples_to_train_data(args: Namespace, samples: list[Sample], rewards: list[float] | None = None) -> dict:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
+import random
 
-import numpy as np
 import pytest
 
 from slime.rollout.data_source import RolloutDataSource, RolloutDataSourceWithBuffer
-from slime.utils.arguments import parse_args
+from slime.utils.arguments import compute_num_rollout, parse_args
 
 from conftest import SFT_FLAGS
 
@@ -34,24 +34,47 @@ def test_epochs_wrap_inside_a_batch(tmp_path):
     assert source.epoch_id == 1 and source.sample_offset == 2
 
 
-def test_shuffle_is_seeded_per_epoch(tmp_path):
+def slime_order(seed: int, epoch: int, n: int) -> list[int]:
+    """slime's Dataset.shuffle, restated: Python's process-wide `random` seeded with seed + epoch shuffles 0..n-1."""
+    saved = random.getstate()
+    try:
+        random.seed(seed + epoch)
+        order = list(range(n))
+        random.shuffle(order)
+        return order
+    finally:
+        random.setstate(saved)
+
+
+def test_slime_order_restatement_is_pinned():
+    # Guards the reference itself: CPython's seeded shuffle has been stable since 3.2.
+    assert slime_order(42, 0, 10) == [7, 3, 2, 8, 5, 6, 9, 4, 0, 1]
+
+
+def test_shuffle_is_slimes_order_per_epoch(tmp_path):
     args = make_args(tmp_path, 10, "--rollout-shuffle", "--rollout-seed", "7")
     source = RolloutDataSource(args)
     first_epoch = prompt_ids(source.get_samples(10))
     second_epoch = prompt_ids(source.get_samples(10))
-    assert first_epoch == np.random.default_rng(7).permutation(10).tolist()
-    assert second_epoch == np.random.default_rng(8).permutation(10).tolist()
-    assert sorted(first_epoch) == sorted(second_epoch) == list(range(10)) and first_epoch != second_epoch
+    assert first_epoch == slime_order(7, 0, 10)
+    assert second_epoch == slime_order(7, 1, 10)
     assert prompt_ids(RolloutDataSource(args).get_samples(10)) == first_epoch  # reproducible
+
+
+def test_shuffle_leaves_the_global_random_state_alone(tmp_path):
+    random.seed(123)
+    expected = random.random()
+    random.seed(123)
+    source = RolloutDataSource(make_args(tmp_path, 10, "--rollout-shuffle"))
+    source.get_samples(15)  # shuffles epochs 0 and 1
+    assert random.random() == expected
 
 
 def test_wrap_reads_the_tail_with_the_old_epochs_order(tmp_path):
     args = make_args(tmp_path, 10, "--rollout-shuffle")
     source = RolloutDataSource(args)
     got = prompt_ids(source.get_samples(7)) + prompt_ids(source.get_samples(7))
-    epoch0 = np.random.default_rng(42).permutation(10).tolist()
-    epoch1 = np.random.default_rng(43).permutation(10).tolist()
-    assert got == epoch0 + epoch1[:4]
+    assert got == slime_order(42, 0, 10) + slime_order(42, 1, 10)[:4]
 
 
 def test_groups_are_independent_copies_with_indices(tmp_path):
@@ -108,3 +131,49 @@ def test_without_dataset_blank_samples(tmp_path):
     assert len(source) == 0
     groups = source.get_samples(3)
     assert len(groups) == 3 and groups[0][0].prompt == ""
+
+
+def test_without_the_global_dataset_the_cursor_is_saved_and_restored(tmp_path):
+    save_dir = tmp_path / "ckpt"
+    args = make_args(tmp_path, 10, "--disable-rollout-global-dataset", "--n-samples-per-prompt", "2",
+                     "--save", str(save_dir))
+    first = RolloutDataSource(args)
+    first.get_samples(3)
+    first.save(rollout_id=0)
+    args.load = str(save_dir)
+    resumed = RolloutDataSource(args)
+    resumed.load(rollout_id=0)
+    groups = resumed.get_samples(1)
+    # slime restarts these at 0 here; continuing them lets a function seeded by sample.index resume exactly.
+    assert [s.index for s in groups[0]] == [6, 7] and groups[0][0].group_index == 3
+
+
+PLUGIN_FLAGS = ["--rollout-function-path", "examples.custom_rollout.prompt_label_sft.generate_rollout",
+                "--input-key", "prompt", "--label-key", "label"]
+
+
+def write_rows(tmp_path, rows):
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return str(path)
+
+
+def test_rows_reach_an_undeclared_rollout_function_as_slime_hands_them(tmp_path, sft_args):
+    rows = [{"prompt": [{"role": "user", "content": "no assistant turn"}], "label": "a"},
+            {"prompt": "a string prompt", "label": "b"}]
+    args = sft_args("--prompt-data", write_rows(tmp_path, rows), *PLUGIN_FLAGS)
+    assert args.loss_type == "sft_loss"
+    source = RolloutDataSource(args)
+    assert len(source) == 2 and not source.dataset.stats.skipped
+    first, second = [group[0] for group in source.get_samples(2)]
+    assert first.prompt == rows[0]["prompt"] and first.label == "a"
+    assert second.prompt == "a string prompt" and second.label == "b"
+
+
+def test_epochs_count_the_prompts_that_survive_the_prompt_length_filter(tmp_path, sft_args):
+    rows = [{"prompt": "short question", "label": "x"}] * 6 + [{"prompt": "long " * 100, "label": "x"}] * 4
+    args = sft_args("--prompt-data", write_rows(tmp_path, rows), *PLUGIN_FLAGS, "--rollout-max-prompt-len", "20")
+    source = RolloutDataSource(args)
+    assert len(source) == 6 and source.dataset.stats.skipped == {"prompt_too_long": 4}
+    args.num_rollout, args.num_epoch = None, 2
+    assert compute_num_rollout(args, len(source)) == 2 and args.num_rollout_per_epoch == 1  # 6 // 4, not 10 // 4

@@ -110,7 +110,9 @@ def test_unknown_role_names_the_row(tmp_path):
     rows = [{"messages": conversation(0)}, {"messages": [{"role": "gpt", "content": "hi"}]}]
     path = write_parquet(tmp_path / "d.parquet", rows)
     with pytest.raises(DataError, match=r"d\.parquet: row 1: message 0 has unknown role 'gpt'"):
-        Dataset(path, prompt_key="messages")
+        Dataset(path, prompt_key="messages", require_assistant_turn=True)
+    # Rows not used as chat conversations are handed over unchecked, as slime's data source does.
+    assert len(Dataset(path, prompt_key="messages")) == 2
 
 
 def test_empty_and_assistantless_conversations_are_skipped_and_counted(tmp_path, caplog):
@@ -127,8 +129,8 @@ def test_empty_and_assistantless_conversations_are_skipped_and_counted(tmp_path,
     assert dataset.stats.rows_read == 4 and dataset.stats.rows_kept == 2
     assert dataset.stats.skipped == {"empty_conversation": 1, "no_assistant_turn": 1}
     assert "rows read 4, kept 2, skipped 2 (empty_conversation: 1, no_assistant_turn: 1)" in caplog.text
-    # Prompts for RL generation have no assistant turn, and are kept there.
-    assert len(Dataset(path, prompt_key="messages")) == 3
+    # Without declared checks every row is kept, as slime keeps it (RL prompts have no assistant turn).
+    assert len(Dataset(path, prompt_key="messages")) == 4
 
 
 def test_tools_label_and_metadata(tmp_path):
@@ -160,6 +162,35 @@ def test_prompt_length_filter(tmp_path, qwen3_tokenizer):
     path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": "short"}, {"prompt": "long " * 50}])
     dataset = Dataset(path, prompt_key="prompt", tokenizer=qwen3_tokenizer, max_prompt_len=10)
     assert len(dataset) == 1 and dataset.stats.skipped == {"prompt_too_long": 1}
+
+
+def test_prompt_length_filter_measures_what_slime_measures(tmp_path, qwen3_tokenizer, caplog):
+    long_list = [{"role": "user", "content": "long " * 50}]
+    path = write_jsonl(tmp_path / "d.jsonl", [{"prompt": long_list}, {"prompt": "long " * 50}, {"prompt": "hi"}])
+    with caplog.at_level("INFO"):
+        dataset = Dataset(path, prompt_key="prompt", tokenizer=qwen3_tokenizer, max_prompt_len=10)
+    # As in slime, a list prompt is not measured unless it is rendered with the chat template.
+    assert len(dataset) == 2 and dataset.stats.skipped == {"prompt_too_long": 1}
+    assert "does not apply to the 1 list prompts" in caplog.text
+    # Rendered prompts are measured after rendering: "hi" is 1 token, but 9 with the template around it.
+    rendered = Dataset(path, prompt_key="prompt", tokenizer=qwen3_tokenizer, max_prompt_len=8, apply_chat_template=True)
+    assert len(rendered) == 0 and rendered.stats.skipped == {"prompt_too_long": 3}
+
+
+def test_sample_check_sees_whole_samples_while_indexing_parquet(tmp_path):
+    tools = json.dumps([{"type": "function", "function": {"name": "f", "parameters": {}}}])
+    rows = [{"messages": conversation(i), "tools": tools if i % 2 else None, "label": str(i)} for i in range(6)]
+    path = write_parquet(tmp_path / "d.parquet", rows, row_group_size=4)
+    seen = []
+
+    def check(sample):
+        seen.append((sample.label, "tools" in sample.metadata, sample.metadata["row_location"]))
+        return "has_tools" if "tools" in sample.metadata else None
+
+    dataset = Dataset(path, prompt_key="messages", tool_key="tools", label_key="label", sample_check=check)
+    assert ids_of(dataset) == ["question 0", "question 2", "question 4"]
+    assert dataset.stats.skipped == {"has_tools": 3}
+    assert seen[:2] == [("0", False, f"{path}: row 0"), ("1", True, f"{path}: row 1")]
 
 
 def peak_python_memory_while_indexing(path) -> tuple[int, RowStore]:

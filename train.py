@@ -1,11 +1,9 @@
 """Synchronous training: generate a rollout, train on it, save, sync weights, evaluate; repeat."""
 
-from slime.ray.driver import Progress, create_training_models, evaluate, ray_session, save, set_num_rollout
+from slime.ray.driver import Progress, create_training_models, evaluate, main, ray_session, save, set_num_rollout
 from slime.ray.placement_group import create_placement_groups
 from slime.ray.rollout import create_rollout_manager
 from slime.ray.actor_group import wait_all
-from slime.utils.arguments import parse_args
-from slime.utils.logging_utils import configure_logging
 from slime.utils.misc import should_run_periodic_action
 
 
@@ -37,5 +35,4 @@ def train(args) -> dict:
 
 
 if __name__ == "__main__":
-    configure_logging()
-    train(parse_args())
+    main(train)

@@ -1,20 +1,14 @@
 """Asynchronous training: rollout N+1 is generated while rollout N trains (for SFT: the next batch is read,
 tokenised and masked while the trainers work). Rollouts are at most one policy step stale."""
 
-import sys
-
 from slime.ray.actor_group import wait_all
-from slime.ray.driver import Progress, create_training_models, evaluate, ray_session, save, set_num_rollout
+from slime.ray.driver import Progress, create_training_models, evaluate, main, ray_session, save, set_num_rollout
 from slime.ray.placement_group import create_placement_groups
 from slime.ray.rollout import create_rollout_manager
-from slime.utils.arguments import parse_args
-from slime.utils.logging_utils import configure_logging
 from slime.utils.misc import should_run_periodic_action
 
 
 def train(args) -> dict:
-    if args.colocate:
-        sys.exit("error: train_async.py cannot --colocate (generation and training overlap); use train.py")
     with ray_session(args):
         placements = create_placement_groups(args)
         rollout_manager = create_rollout_manager(args, placements["actor"].uses_gpus)
@@ -50,5 +44,4 @@ def train(args) -> dict:
 
 
 if __name__ == "__main__":
-    configure_logging()
-    train(parse_args())
+    main(train)

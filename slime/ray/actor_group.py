@@ -9,9 +9,9 @@ from typing import Any
 
 import ray
 
-from slime.backends.megatron_utils.initialize import free_port
 from slime.ray.placement_group import Placement
 from slime.ray.train_actor import TrainRayActor
+from slime.utils.misc import free_port
 
 logger = logging.getLogger(__name__)
 WAIT_LOG_INTERVAL_S = 30.0
@@ -41,7 +41,6 @@ def _rendezvous_address() -> tuple[str, int]:
 
 class RayTrainGroup:
     def __init__(self, args: Namespace, placement: Placement):
-        self.args = args
         world_size = args.actor_num_nodes * args.actor_num_gpus_per_node
         env = {k: str(v) for k, v in args.train_env_vars.items()}
         address, port = ray.get(_rendezvous_address.options(scheduling_strategy=placement.strategy(0)).remote())

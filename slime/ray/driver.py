@@ -1,4 +1,5 @@
-"""What train.py and train_async.py share: the Ray session, building the actors, saving, evaluating, progress."""
+"""What train.py and train_async.py share: the entry point with its error reporting, the Ray session, building the
+actors, saving, evaluating, progress."""
 
 from __future__ import annotations
 
@@ -6,18 +7,79 @@ import contextlib
 import logging
 import os
 import sys
+import tempfile
 import time
+import traceback
 from argparse import Namespace
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import ray
 
 from slime.ray.actor_group import RayTrainGroup, wait_all
 from slime.ray.placement_group import Placement, placement_layout
-from slime.utils.arguments import compute_num_rollout
+from slime.utils.arguments import compute_num_rollout, parse_args, role_args
+from slime.utils.errors import is_user_error
+from slime.utils.logging_utils import configure_logging
 from slime.utils.tracking import Tracker
 
 logger = logging.getLogger(__name__)
+
+
+def main(train: Callable[[Namespace], Any]) -> None:
+    """`python train.py <flags>`: parse, train, and report a failure anywhere in the run (driver, rollout manager
+    or trainer) as a user error (one line, exit status 2) or a crash (its traceback, exit status 1). Either way
+    the full traceback, remote frames included, goes to a log file the message names (see write_error_log)."""
+    configure_logging()
+    args = parse_args()
+    try:
+        train(args)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - every failure ends the run; only its report differs
+        sys.exit(report_failure(args, exc))
+
+
+def remote_cause(exc: BaseException) -> BaseException:
+    """The exception an actor raised, out of Ray's wrappers: a failed method arrives as RayTaskError (`.cause`),
+    a failed actor __init__ as an ActorDiedError whose first argument is that RayTaskError."""
+    if isinstance(exc, ray.exceptions.RayTaskError) and exc.cause is not None and exc.cause is not exc:
+        return remote_cause(exc.cause)
+    if isinstance(exc, ray.exceptions.RayActorError) and exc.args and isinstance(exc.args[0], ray.exceptions.RayError):
+        return remote_cause(exc.args[0])
+    return exc
+
+
+def write_error_log(args: Namespace, text: str) -> str:
+    """Write `text` to `{--save}/logs/error-<time>-<pid>.log`, or under the temporary directory without --save (or
+    when --save cannot be written, which may be the very error being reported). Returns the file's path."""
+    name = f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    for directory in filter(None, [args.save and os.path.join(args.save, "logs"),
+                                   os.path.join(tempfile.gettempdir(), "slime-logs")]):
+        try:
+            os.makedirs(directory, exist_ok=True)
+            with open(os.path.join(directory, name), "w") as f:
+                f.write(text)
+            return os.path.join(directory, name)
+        except OSError:
+            continue
+    fd, path = tempfile.mkstemp(prefix="slime-error-", suffix=".log")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
+
+
+def report_failure(args: Namespace, exc: BaseException) -> int:
+    """Tell the user what ended the run, keep the full traceback in a log file, and return the exit status."""
+    text = "".join(traceback.format_exception(exc))
+    path = write_error_log(args, text)
+    cause = remote_cause(exc)
+    if is_user_error(cause):
+        message = " ".join(str(cause).split())
+        print(f"error: {message}; traceback in {path}", file=sys.stderr)
+        return 2
+    print(text, file=sys.stderr, end="")
+    print(f"the run crashed; this traceback is also in {path}", file=sys.stderr)
+    return 1
 
 
 @contextlib.contextmanager
@@ -26,13 +88,19 @@ def ray_session(args: Namespace) -> Iterator[None]:
     if ray.is_initialized():
         yield
         return
-    env = {"PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    # The first failed actor ends the run and is reported once; its peers' errors are not retrieved on purpose.
+    os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
+    runtime_env = {
+        "env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))},
+        # Every actor logs like the driver and silences the same library noise, from its first import on.
+        "worker_process_setup_hook": "slime.utils.logging_utils.configure_worker_process",
+    }
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": env})
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env)
     else:
         needed, _ = placement_layout(args)
         ray.init(num_cpus=max(os.cpu_count() or 1, needed), _node_ip_address="127.0.0.1", include_dashboard=False,
-                 runtime_env={"env_vars": env}, logging_level=logging.WARNING)
+                 runtime_env=runtime_env, logging_level=logging.WARNING)
     try:
         yield
     except KeyboardInterrupt:
@@ -54,7 +122,7 @@ def set_num_rollout(args: Namespace, rollout_manager: Any) -> int | None:
 def create_training_models(args: Namespace, placement: Placement, rollout_manager: Any) -> RayTrainGroup:
     """Trainers, their start rollout (from a checkpoint, or --start-rollout-id), and the data cursor to match."""
     actor_model = RayTrainGroup(args, placement)
-    start = actor_model.init(args)
+    start = actor_model.init(role_args(args, "actor"))
     if args.start_rollout_id is None:
         args.start_rollout_id = start
     wait_all([rollout_manager.load.remote(args.start_rollout_id - 1)], "the data-source state")

@@ -16,12 +16,14 @@ import ray
 from ray.util.placement_group import PlacementGroup, placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from slime.utils.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 PLACEMENT_TIMEOUT_S = 60
 
 
-class ClusterResourceError(RuntimeError):
+class ClusterResourceError(UserError, RuntimeError):
     """The Ray cluster does not have the devices the flags ask for."""
 
 

@@ -1,26 +1,38 @@
-"""The trainer as a Ray actor: the in-process `MegatronTrainRayActor`, plus fetching this rank's shard."""
+"""The trainer as a Ray actor: it holds a backend trainer object (Megatron's) and gives it this rank's shard.
+
+The backend is imported inside the actor process, never by the driver: the driver stays free of Megatron (and its
+import time and CUDA libraries), and the backend runs without Ray in tests.
+"""
 
 from __future__ import annotations
 
+from argparse import Namespace
 from typing import Any
 
 import ray
-from megatron.core import parallel_state
-
-from slime.backends.megatron_utils.actor import MegatronTrainRayActor
 
 
-class TrainRayActor(MegatronTrainRayActor):
+class TrainRayActor:
+    def __init__(self, world_size: int, rank: int, master_addr: str, master_port: int):
+        from slime.backends.megatron_utils.actor import MegatronTrainRayActor
+
+        self.backend = MegatronTrainRayActor(world_size, rank, master_addr, master_port)
+
     def _my_shard(self, boxes: list) -> dict[str, Any]:
-        # Every TP/PP peer of a data-parallel rank fetches the same shard.
-        return ray.get(boxes[parallel_state.get_data_parallel_rank()].inner)
+        # Every tensor-parallel peer of a data-parallel rank fetches the same shard.
+        return ray.get(boxes[self.backend.data_parallel_rank()].inner)
 
-    def train(self, rollout_id: int, boxes: list) -> list[dict[str, float]]:  # type: ignore[override]
-        return super().train(rollout_id, self._my_shard(boxes))
+    def init(self, args: Namespace) -> int:
+        return self.backend.init(args)
 
-    def eval_loss(self, boxes: list) -> dict[str, float]:  # type: ignore[override]
-        return super().eval_loss(self._my_shard(boxes))
+    def train(self, rollout_id: int, boxes: list) -> list[dict[str, float]]:
+        return self.backend.train(rollout_id, self._my_shard(boxes))
 
-    def fail_for_test(self, message: str) -> None:
-        """Raise in this actor (used by tests of failure handling)."""
-        raise RuntimeError(message)
+    def eval_loss(self, boxes: list) -> dict[str, float]:
+        return self.backend.eval_loss(self._my_shard(boxes))
+
+    def save_model(self, rollout_id: int) -> None:
+        self.backend.save_model(rollout_id)
+
+    def update_weights(self) -> None:
+        self.backend.update_weights()

@@ -7,20 +7,20 @@ misspelled flag is an error naming the closest known flag.
 from __future__ import annotations
 
 import argparse
+import copy
 import difflib
-import json
 import logging
 import math
 import os
 import sys
 from typing import Any, Callable
 
-from slime.utils.flags import megatron, slime_flags, sglang
+from slime.utils.errors import NotSupportedError, UserError
+from slime.utils.flags import megatron, not_supported, sglang, slime_flags
+# checkpoint.py still imports hf_model_type and is_megatron_checkpoint from here until it imports model_dirs.
+from slime.utils.model_dirs import SUPPORTED_MODEL_TYPES, hf_model_type, is_megatron_checkpoint, load_hf_config
 
 logger = logging.getLogger(__name__)
-
-# HF model types whose weights the Megatron backend can load straight from an HF directory.
-HF_LOADABLE_MODEL_TYPES = ("qwen2", "qwen3", "llama")
 
 DESCRIPTION = """\
 slime-style post-training: SFT and RL with a Megatron-core trainer behind a Ray driver.
@@ -32,7 +32,7 @@ SFT example (see scripts/run-qwen3-4B-base-sft.sh and docs/sft.md):
 """
 
 
-class ArgumentValidationError(ValueError):
+class ArgumentValidationError(UserError, ValueError):
     """A combination of flags that cannot work; the message says which flags and why."""
 
 
@@ -104,15 +104,17 @@ def parse_args(
         setattr(args, dest, value)
     args.sglang_passthrough = sorted(passthrough)
     try:
+        _apply_custom_config(args)
+        args.megatron_role_overrides = _read_megatron_config(args, {a.dest for a in parser._actions})
+        _refuse_not_supported(args, parser)
         validate_args(args)
-    except ArgumentValidationError as exc:
+    except (UserError, FileNotFoundError) as exc:
         parser.error(str(exc))
     return args
 
 
 def validate_args(args: argparse.Namespace) -> None:
     """slime's validation and derived values, then Megatron's, in the order slime applies them."""
-    _apply_custom_config(args)
     _validate_slime_args(args)
     _resolve_model_args_from_hf(args)
     _validate_megatron_args(args)
@@ -128,6 +130,83 @@ def _apply_custom_config(args: argparse.Namespace) -> None:
     for key, value in overrides.items():
         logger.info("--custom-config-path overrides %s: %r -> %r", key, getattr(args, key, None), value)
         setattr(args, key, value)
+
+
+# A role may not change the parallel layout: the rollout manager splits each rollout by the command line's layout.
+_ROLE_FIXED_KEYS = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "context_parallel_size",
+                    "expert_model_parallel_size", "expert_tensor_parallel_size")
+# slime lets the cluster flags decide devices and ignores these keys in a role's overrides.
+_ROLE_IGNORED_KEYS = ("num_nodes", "num_gpus_per_node")
+
+
+def _refuse_not_supported(args: argparse.Namespace, parser: SlimeArgumentParser) -> None:
+    """Exit with every "not supported yet" flag at once: the command line's, then each role's overrides."""
+    refused = not_supported.refusals(args, parser, args.sglang_passthrough)
+    defaults = {a.dest: parser.get_default(a.dest) for a in parser._actions}
+    for role, overrides in args.megatron_role_overrides.items():
+        # Defaults plus this role's overrides, so that only what the role itself sets is named.
+        role_view = argparse.Namespace(**{**defaults, **overrides})
+        refused += [f"{message} [--megatron-config-path, role {role}]"
+                    for message in not_supported.refusals(role_view, parser, [])]
+    if refused:
+        parser.error("; ".join(refused))
+
+
+def _read_megatron_config(args: argparse.Namespace, known: set[str]) -> dict[str, dict[str, Any]]:
+    """slime's --megatron-config-path: `megatron: [{name, role: actor|critic, overrides: {flag: value}}]`, at most
+    one entry per role. Returns {role: overrides}, values coerced to the flag's type as slime does."""
+    if not args.megatron_config_path:
+        return {}
+    import yaml
+
+    where = f"--megatron-config-path {args.megatron_config_path}"
+    with open(args.megatron_config_path) as f:
+        config = yaml.safe_load(f) or {}
+    entries = config.get("megatron") if isinstance(config, dict) else None
+    if not isinstance(entries, list):
+        raise ArgumentValidationError(f"{where}: needs a top-level 'megatron' list, e.g. "
+                                      "megatron: [{name: default, role: actor, overrides: {lr: 1e-6}}]")
+    roles: dict[str, dict[str, Any]] = {}
+    for entry in entries:
+        role = entry.get("role") if isinstance(entry, dict) else None
+        if role not in ("actor", "critic"):
+            raise ArgumentValidationError(f"{where}: each entry needs role: actor or role: critic, got {entry!r}")
+        if role in roles:
+            raise ArgumentValidationError(f"{where}: more than one entry with role: {role}")
+        if role == "critic":
+            raise NotSupportedError(f"{where} role: critic", not_supported.CRITIC)
+        overrides = {}
+        for key, value in (entry.get("overrides") or entry.get("args") or {}).items():
+            if key in _ROLE_IGNORED_KEYS:
+                logger.info("%s: ignoring %s for role %s; devices follow the cluster flags", where, key, role)
+                continue
+            if key not in known:
+                close = difflib.get_close_matches(key, known, n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ArgumentValidationError(f"{where}: role {role} overrides unknown flag {key!r}{hint}")
+            if key in _ROLE_FIXED_KEYS:
+                raise NotSupportedError(f"{where}: a role's {key}",
+                                        "the rollout manager splits data by the command line's parallel layout")
+            original = getattr(args, key)
+            # YAML reads 1e-5 as a string; slime coerces a string to the flag's numeric type.
+            if isinstance(value, str) and isinstance(original, (int, float)) and not isinstance(original, bool):
+                try:
+                    value = type(original)(value)
+                except ValueError:
+                    raise ArgumentValidationError(f"{where}: {key}: {value!r} is not a {type(original).__name__}")
+            overrides[key] = value
+        roles[role] = overrides
+    return roles
+
+
+def role_args(args: argparse.Namespace, role: str) -> argparse.Namespace:
+    """The flags one trainer role runs with: the command line plus its --megatron-config-path overrides."""
+    overrides = args.megatron_role_overrides.get(role, {})
+    if overrides:
+        logger.info("role %s overrides from --megatron-config-path: %s", role, overrides)
+    result = copy.deepcopy(args)
+    vars(result).update(overrides)
+    return result
 
 
 def _resolve_eval_datasets(args: argparse.Namespace) -> None:
@@ -154,26 +233,12 @@ def _resolve_eval_datasets(args: argparse.Namespace) -> None:
     args.eval_datasets = [{"name": data[i], "path": data[i + 1]} for i in range(0, len(data), 2)]
 
 
-def is_megatron_checkpoint(path: str | None) -> bool:
-    return bool(path) and os.path.isfile(os.path.join(path, "latest_checkpointed_iteration.txt"))
-
-
-def hf_model_type(path: str | None) -> str | None:
-    if not path:
-        return None
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
-        return None
-    with open(config_path) as f:
-        return json.load(f).get("model_type")
-
-
 def _resolve_load(args: argparse.Namespace) -> None:
     """slime's rule: --load resumes a Megatron checkpoint; otherwise the actor starts from --ref-load (finetune)."""
     if is_megatron_checkpoint(args.load):
         return
     args.no_load_optim = args.no_load_rng = args.finetune = True
-    if hf_model_type(args.load) not in HF_LOADABLE_MODEL_TYPES:
+    if hf_model_type(args.load) not in SUPPORTED_MODEL_TYPES:
         args.load = args.ref_load
         if args.ref_ckpt_step is not None:
             args.ckpt_step = args.ref_ckpt_step
@@ -295,27 +360,6 @@ _HF_FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
 }
 
 
-def _hf_rope_theta(config: dict) -> float | None:
-    if "rope_theta" in config:
-        return config["rope_theta"]
-    params = config.get("rope_parameters") or config.get("rope_scaling") or {}
-    return params.get("rope_theta")
-
-
-def load_hf_config(path: str) -> dict | None:
-    config_path = os.path.join(path, "config.json")
-    if not os.path.isfile(config_path):
-        return None
-    with open(config_path) as f:
-        config = json.load(f)
-    config.setdefault("rope_theta", _hf_rope_theta(config))
-    if config.get("head_dim") is None and config.get("hidden_size") and config.get("num_attention_heads"):
-        config["head_dim"] = config["hidden_size"] // config["num_attention_heads"]
-    config.setdefault("num_key_value_heads", config.get("num_attention_heads"))
-    config.setdefault("tie_word_embeddings", False)
-    return config
-
-
 def _resolve_model_args_from_hf(args: argparse.Namespace) -> None:
     """Fill the architecture from --hf-checkpoint when no model flags are given; otherwise check they agree."""
     config = load_hf_config(args.hf_checkpoint) if args.hf_checkpoint else None
@@ -388,6 +432,13 @@ def _validate_megatron_args(args: argparse.Namespace) -> None:
         args.global_batch_size = args.micro_batch_size * args.data_parallel_size
     if args.recompute_granularity == "full" and args.recompute_method is None:
         raise ArgumentValidationError("--recompute-granularity full needs --recompute-method (uniform or block)")
+    if args.use_distributed_optimizer is None:
+        args.use_distributed_optimizer = args.optimizer == "adam"
+    elif args.use_distributed_optimizer and args.optimizer != "adam":
+        raise ArgumentValidationError(f"--use-distributed-optimizer needs --optimizer adam (Megatron's distributed "
+                                      f"optimizer supports Adam only), got --optimizer {args.optimizer}")
+    if args.log_interval < 1:
+        raise ArgumentValidationError(f"--log-interval must be >= 1, got {args.log_interval}")
     if args.lr_warmup_fraction is not None and args.lr_warmup_iters:
         raise ArgumentValidationError("give --lr-warmup-fraction or --lr-warmup-iters, not both")
     if args.min_lr > args.lr:

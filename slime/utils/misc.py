@@ -1,14 +1,18 @@
-"""Small helpers shared by every layer: plugin loading by dotted path and periodic-action scheduling."""
+"""Small helpers shared by every layer: plugin loading by dotted path, periodic-action scheduling, the tokenizer,
+a free port."""
 
 from __future__ import annotations
 
 import functools
 import importlib
 import os
+import socket
 from typing import Any, Callable
 
+from slime.utils.errors import UserError
 
-class PluginLoadError(ImportError):
+
+class PluginLoadError(UserError, ImportError):
     """A dotted path given on the command line does not resolve to a callable or class."""
 
 
@@ -60,3 +64,10 @@ def load_tokenizer(path: str) -> Any:
     if not os.path.isdir(path):
         raise FileNotFoundError(f"tokenizer directory {path!r} (--hf-checkpoint) does not exist")
     return AutoTokenizer.from_pretrained(path, trust_remote_code=True)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that is free now (for the trainers' rendezvous and tests that start several processes)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from slime.utils.arguments import build_parser, compute_num_rollout, parse_args
+from slime.utils.arguments import build_parser, compute_num_rollout, parse_args, role_args, validate_args
+from slime.utils.flags.sglang import split_sglang_passthrough
 
 from conftest import REPO_ROOT, SFT_FLAGS
 
@@ -64,14 +65,29 @@ def test_seed_sft_script_parses_with_slime_semantics(script_flags):
     assert args.save == "/root/Qwen3-4B-Base_slime/" and args.save_interval == 1000
 
 
-def test_grpo_script_flags_parse():
-    args = parse_args(GRPO_FLAGS + ["--ref-load", str(REPO_ROOT)])
+def test_grpo_script_is_refused_naming_its_rl_flags(capsys):
+    err = expect_error(capsys, GRPO_FLAGS + ["--ref-load", str(REPO_ROOT)])
+    line = err.splitlines()[-1]
+    for given in ("--rollout-num-gpus-per-engine 2, --colocate, --sglang-mem-fraction-static 0.7 (SGLang engines "
+                  "arrive with the RL rollout)", "--rm-type deepscaler (rewards arrive with the RL rollout)",
+                  "--use-kl-loss (it needs the reference model", "--n-samples-per-eval-prompt 16",
+                  "--eval-top-p 1.0"):
+        assert given in line, line
+    # Its training flags are slime's and work: they are not named.
+    for flag in ("--tensor-model-parallel-size", "--sequence-parallel", "--balance-data", "--eps-clip",
+                 "--advantage-estimator", "--kl-loss-coef", "--pipeline-model-parallel-size"):
+        assert flag not in line
+
+
+def test_slime_validation_of_the_grpo_script():
+    """slime's derived values for the RL flags; they apply once RL lifts the refusals."""
+    args = build_parser().parse_args(GRPO_FLAGS + ["--ref-load", str(REPO_ROOT)])
+    validate_args(args)
     assert args.n_samples_per_prompt == 8 and args.grpo_std_normalization
     assert args.eps_clip_high == 0.28 and args.kl_loss_type == "low_var_kl"
     assert args.eval_datasets == [{"name": "aime", "path": "/root/aime-2024/aime-2024.jsonl"}]
     assert args.sequence_parallel and args.data_parallel_size == 4
     assert args.colocate and args.offload_train and args.offload_rollout and args.rollout_num_gpus == 8
-    assert args.sglang_mem_fraction_static == 0.7
     assert args.eval_function_path == args.rollout_function_path
 
 
@@ -118,14 +134,93 @@ def test_abbreviations_are_not_accepted(capsys):
     expect_error(capsys, SFT_FLAGS + ["--rollout-max-context", "10"], "unknown flag --rollout-max-context")
 
 
-def test_sglang_flags_pass_through_without_sglang():
-    args = parse_args(SFT_FLAGS + ["--sglang-cuda-graph-max-bs", "512", "--sglang-enable-metrics",
-                                   "--sglang-log-level=info", "--sglang-mem-fraction-static", "0.8"])
-    assert args.sglang_cuda_graph_max_bs == 512
-    assert args.sglang_enable_metrics is True
-    assert args.sglang_log_level == "info"
-    assert args.sglang_mem_fraction_static == 0.8
-    assert args.sglang_passthrough == ["sglang_cuda_graph_max_bs", "sglang_enable_metrics", "sglang_log_level"]
+def test_sglang_flags_are_refused_until_engines_exist(capsys):
+    err = expect_error(capsys, SFT_FLAGS + ["--sglang-cuda-graph-max-bs", "512", "--sglang-enable-metrics",
+                                            "--sglang-mem-fraction-static", "0.8"])
+    assert err.splitlines()[-1].endswith(
+        "error: not supported yet: --sglang-mem-fraction-static 0.8, --sglang-cuda-graph-max-bs, "
+        "--sglang-enable-metrics (SGLang engines arrive with the RL rollout)")
+
+
+def test_sglang_pass_through_flags_are_split_from_argv():
+    rest, passthrough = split_sglang_passthrough(
+        ["--lr", "1", "--sglang-cuda-graph-max-bs", "512", "--sglang-enable-metrics", "--sglang-log-level=info"],
+        {"--lr"})
+    assert rest == ["--lr", "1"]
+    assert passthrough == {"sglang_cuda_graph_max_bs": 512, "sglang_enable_metrics": True, "sglang_log_level": "info"}
+
+
+def test_flags_at_harmless_values_are_accepted():
+    args = parse_args(SFT_FLAGS + ["--pipeline-model-parallel-size", "1", "--context-parallel-size", "1",
+                                   "--expert-tensor-parallel-size", "1", "--rollout-top-p", "1.0",
+                                   "--train-backend", "megatron", "--ckpt-format", "torch_dist"])
+    assert args.pipeline_model_parallel_size == 1 and args.context_parallel_size == 1
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--pipeline-model-parallel-size", "2"], "--pipeline-model-parallel-size 2"),
+    (["--context-parallel-size", "2"], "--context-parallel-size 2"),
+    (["--allgather-cp"], "--allgather-cp"),
+    (["--num-layers-per-virtual-pipeline-stage", "1"], "--num-layers-per-virtual-pipeline-stage 1"),
+])
+def test_pipeline_and_context_parallelism_are_refused(capsys, flags, named):
+    err = expect_error(capsys, SFT_FLAGS + ["--actor-num-gpus-per-node", "4", *flags])
+    assert err.splitlines()[-1].endswith(f"error: not supported yet: {named} (pipeline and context parallelism are "
+                                         "not verified on this trainer yet; use data and tensor parallelism)")
+
+
+@pytest.mark.parametrize("flags, expected", [
+    ([], True),
+    (["--no-use-distributed-optimizer"], False),
+    (["--use-distributed-optimizer"], True),
+    (["--optimizer", "sgd"], False),  # Megatron's distributed optimizer is Adam-only
+])
+def test_distributed_optimizer_is_on_by_default_with_adam(flags, expected):
+    assert parse_args(SFT_FLAGS + flags).use_distributed_optimizer is expected
+
+
+def test_distributed_optimizer_with_sgd_is_an_error(capsys):
+    expect_error(capsys, SFT_FLAGS + ["--optimizer", "sgd", "--use-distributed-optimizer"],
+                 "--use-distributed-optimizer needs --optimizer adam")
+
+
+def test_log_interval_must_be_positive(capsys):
+    expect_error(capsys, SFT_FLAGS + ["--log-interval", "0"], "--log-interval must be >= 1, got 0")
+
+
+def write_megatron_config(path, entries):
+    import yaml
+
+    path.write_text(yaml.safe_dump({"megatron": entries}))
+    return ["--megatron-config-path", str(path)]
+
+
+def test_megatron_config_overrides_the_actor_role(tmp_path):
+    flags = write_megatron_config(tmp_path / "roles.yaml", [
+        {"name": "default", "role": "actor", "overrides": {"lr": "5e-4", "clip_grad": 0.5, "num_gpus_per_node": 4}}])
+    args = parse_args(SFT_FLAGS + ["--lr", "1e-5", *flags])
+    actor = role_args(args, "actor")
+    assert actor.lr == 5e-4 and isinstance(actor.lr, float) and actor.clip_grad == 0.5
+    assert args.lr == 1e-5 and args.clip_grad == 1.0  # the command line itself is unchanged
+    assert actor.num_gpus_per_node == 8  # devices follow the cluster flags, as in slime
+    assert role_args(parse_args(SFT_FLAGS), "actor").lr == 1e-6
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"lrr": 1}, "role actor overrides unknown flag 'lrr' (did you mean lr?)"),
+    ({"tensor_model_parallel_size": 2}, "not supported yet: --megatron-config-path"),
+    ({"use_kl_loss": True}, "not supported yet: --use-kl-loss (it needs the reference model; RL arrives with the "
+                            "SGLang rollout) [--megatron-config-path, role actor]"),
+    ({"lr": "fast"}, "lr: 'fast' is not a float"),
+])
+def test_megatron_config_mistakes(tmp_path, capsys, overrides, message):
+    flags = write_megatron_config(tmp_path / "roles.yaml", [{"name": "x", "role": "actor", "overrides": overrides}])
+    expect_error(capsys, SFT_FLAGS + flags, message)
+
+
+def test_megatron_config_critic_role_is_refused(tmp_path, capsys):
+    flags = write_megatron_config(tmp_path / "roles.yaml", [{"name": "c", "role": "critic", "overrides": {}}])
+    expect_error(capsys, SFT_FLAGS + flags, "role: critic (the PPO critic arrives with RL)")
 
 
 def test_help_groups_flags():

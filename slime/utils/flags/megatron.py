@@ -102,9 +102,16 @@ def add_parallel_and_training_arguments(parser: argparse.ArgumentParser) -> None
     g.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="Pipeline parallel size.")
     g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None, help="Interleaved PP.")
     g.add_argument("--context-parallel-size", type=int, default=1, help="Context parallel size.")
+    g.add_argument("--allgather-cp", action="store_true", help="Context parallelism by all-gathering K/V (slime).")
     g.add_argument("--expert-model-parallel-size", type=int, default=1, help="Expert parallel size.")
     g.add_argument("--expert-tensor-parallel-size", type=int, default=None, help="Expert tensor parallel size.")
-    g.add_argument("--use-distributed-optimizer", action="store_true", help="Shard optimizer state over DP ranks.")
+    g.add_argument(
+        "--use-distributed-optimizer",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Shard optimizer state (and the fp32 master weights) over DP ranks. On by default with Adam, as slime "
+        "sets it; Megatron's distributed optimizer supports Adam only, so SGD runs without it.",
+    )
     g.add_argument("--overlap-grad-reduce", action="store_true", help="Overlap DP gradient reduce with backward.")
     g.add_argument("--overlap-param-gather", action="store_true", help="Overlap parameter all-gather with forward.")
     g.add_argument(
@@ -173,7 +180,12 @@ def add_checkpoint_arguments(parser: argparse.ArgumentParser) -> None:
         "--save-hf", type=str, default=None, help="Also export HF safetensors here; may contain {rollout_id}."
     )
     g.add_argument("--ckpt-step", type=int, default=None, help="Iteration of --load to read (default: latest).")
-    g.add_argument("--ckpt-format", choices=["torch_dist"], default="torch_dist", help="Checkpoint format.")
+    g.add_argument(
+        "--ckpt-format",
+        choices=["torch", "torch_dist", "zarr", "torch_dcp", "fsdp_dtensor"],
+        default="torch_dist",
+        help="Checkpoint format (only torch_dist is supported).",
+    )
     g.add_argument("--no-load-optim", action="store_true", help="Do not restore optimizer state.")
     g.add_argument("--no-load-rng", action="store_true", help="Do not restore RNG state.")
     g.add_argument("--no-save-optim", action="store_true", help="Do not save optimizer state.")

@@ -38,7 +38,7 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--offload", action="store_true", help="Shorthand for --offload-train --offload-rollout.")
     g.add_argument("--offload-train", action=argparse.BooleanOptionalAction, default=None, help="Sleep the trainer.")
     g.add_argument("--offload-rollout", action=argparse.BooleanOptionalAction, default=None, help="Sleep engines.")
-    g.add_argument("--train-backend", choices=["megatron"], default="megatron", help="Training backend.")
+    g.add_argument("--train-backend", choices=["megatron", "fsdp"], default="megatron", help="Training backend.")
     g.add_argument(
         "--distributed-backend",
         choices=["nccl", "gloo"],

@@ -94,7 +94,8 @@ def megatron_world():
     from slime.backends.megatron_utils.initialize import destroy_distributed, init_distributed
 
     torch.set_num_threads(1)
-    args = parse_args(["--rollout-batch-size", "1", "--num-rollout", "1", "--actor-num-gpus-per-node", "1"])
+    args = parse_args(["--rollout-batch-size", "1", "--num-rollout", "1", "--actor-num-gpus-per-node", "1",
+                       "--debug-train-only"])
     init_distributed(args)
     yield
     destroy_distributed()

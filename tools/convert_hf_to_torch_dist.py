@@ -18,7 +18,8 @@ from slime.backends.megatron_utils.model_provider import build_gpt_model
 from slime.utils.arguments import parse_args
 
 # The training-run flags parse_args requires, which a conversion has no use for.
-CONVERSION_DEFAULTS = ["--rollout-batch-size", "1", "--num-rollout", "1", "--actor-num-gpus-per-node", "1"]
+CONVERSION_DEFAULTS = ["--rollout-batch-size", "1", "--num-rollout", "1", "--actor-num-gpus-per-node", "1",
+                       "--debug-train-only"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -99,8 +99,9 @@ def ray_session(args: Namespace) -> Iterator[None]:
         ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env)
     else:
         needed, _ = placement_layout(args)
-        ray.init(num_cpus=max(os.cpu_count() or 1, needed), _node_ip_address="127.0.0.1", include_dashboard=False,
-                 runtime_env=runtime_env, logging_level=logging.WARNING)
+        # address="local": always a new cluster of our own, never one that another run left on this machine.
+        ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed), _node_ip_address="127.0.0.1",
+                 include_dashboard=False, runtime_env=runtime_env, logging_level=logging.WARNING)
     try:
         yield
     except KeyboardInterrupt:

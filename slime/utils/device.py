@@ -10,6 +10,7 @@ import logging
 from argparse import Namespace
 
 import torch
+import torch.distributed as dist
 
 logger = logging.getLogger(__name__)
 
@@ -36,6 +37,20 @@ def params_dtype(args: Namespace) -> torch.dtype:
     if args.fp16:
         return torch.float16
     return torch.bfloat16 if args.bf16 else torch.float32
+
+
+def reduce_on_device(values: torch.Tensor, group: dist.ProcessGroup | None,
+                     op: dist.ReduceOp.RedOpType = dist.ReduceOp.SUM) -> torch.Tensor:
+    """All-reduce metric or count values over `group` and return them on the host.
+
+    Every metric and count reduction of the trainer goes through here. The tensor is placed on this process's device
+    first: a group created on a GPU machine uses NCCL, which serves only CUDA tensors ("No backend type associated
+    with device type cpu"), while gloo on CPU takes CPU tensors. One device-to-host copy brings the result back.
+    """
+    values = values.to(device())
+    if group is not None and dist.get_world_size(group) > 1:
+        dist.all_reduce(values, op=op, group=group)
+    return values.cpu()
 
 
 def synchronize() -> None:

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 def _check_advantages(args: Namespace) -> None:
     """slime computes reference/old log-probs, advantages and returns before training unless
     --disable-compute-advantages-and-returns; none of that exists here yet. sft_loss reads none of it."""
-    if not args.compute_advantages_and_returns or args.loss_type == "sft_loss":
+    if not args.compute_advantages_and_returns or args.loss_type == "sft_loss" or args.debug_rollout_only:
         return
     if args.loss_type == "policy_loss":
         raise NotSupportedError("--loss-type policy_loss without --disable-compute-advantages-and-returns",
@@ -72,6 +72,8 @@ class MegatronTrainRayActor:
 
     def train(self, rollout_id: int, rollout_data: dict[str, Any]) -> list[dict[str, float]]:
         """Train on this data-parallel rank's shard (from `split_train_data_by_dp`); one entry per optimizer step."""
+        if self.args.debug_rollout_only:  # slime's rollout-only debug mode: generate, never train
+            return []
         shard = tensorize(rollout_data)
         if self.postprocess is not None:
             self.postprocess(self.args, rollout_id, shard)

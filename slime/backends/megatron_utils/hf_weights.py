@@ -21,7 +21,8 @@ from megatron.core import parallel_state
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2", "llama")
+from slime.utils.model_dirs import SUPPORTED_MODEL_TYPES
+
 HF_ASSET_FILES = (
     "config.json", "generation_config.json", "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
     "special_tokens_map.json", "chat_template.jinja", "added_tokens.json",
@@ -160,15 +161,23 @@ def shard_for_rank(name: str, param: torch.Tensor, full: torch.Tensor, args: Nam
     return full.chunk(tp_size, dim=dim)[tp_rank]
 
 
-def gather_full(name: str, param: torch.Tensor, args: Namespace) -> torch.Tensor:
-    """The full tensor of a (possibly tensor-parallel) parameter; every TP rank must call this."""
-    if not getattr(param, "tensor_model_parallel", False):
-        return param.detach()
+def gather_full(name: str, param: torch.Tensor, args: Namespace, dst: int | None = None) -> torch.Tensor | None:
+    """The full tensor of a (possibly tensor-parallel) parameter; every TP rank must call this. With `dst` (a rank
+    within the TP group) only that rank assembles it and the others get None."""
+    tp_rank = parallel_state.get_tensor_model_parallel_rank()
     tp_size = parallel_state.get_tensor_model_parallel_world_size()
-    if tp_size == 1:
-        return param.detach()
-    shards = [torch.empty_like(param) for _ in range(tp_size)]
-    dist.all_gather(shards, param.detach().contiguous(), group=parallel_state.get_tensor_model_parallel_group())
+    if not getattr(param, "tensor_model_parallel", False) or tp_size == 1:
+        return param.detach() if dst is None or tp_rank == dst else None
+    group = parallel_state.get_tensor_model_parallel_group()
+    local = param.detach().contiguous()
+    if dst is None:
+        shards = [torch.empty_like(param) for _ in range(tp_size)]
+        dist.all_gather(shards, local, group=group)
+    else:
+        shards = [torch.empty_like(param) for _ in range(tp_size)] if tp_rank == dst else None
+        dist.gather(local, shards, dst=dist.get_global_rank(group, dst), group=group)
+        if shards is None:
+            return None
     dim = param.partition_dim
     if _is_glu_fc1(name, args):
         halves = [shard.chunk(2, dim=dim) for shard in shards]
@@ -205,27 +214,38 @@ def unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
-def iter_hf_tensors(model: torch.nn.Module, args: Namespace) -> Iterator[tuple[str, torch.Tensor]]:
-    """Full HF tensors of the model (collective over the TP group: every TP rank must iterate)."""
+def iter_hf_tensors(model: torch.nn.Module, args: Namespace, dst: int | None = None
+                    ) -> Iterator[tuple[str, torch.Tensor]]:
+    """Full HF tensors of the model, one parameter at a time (collective over the TP group: every TP rank must
+    iterate). With `dst` only that TP rank receives tensors; the others iterate over nothing but take part."""
     for name, param in unwrap(model).named_parameters():
-        full = gather_full(name, param, args)
-        yield from megatron_to_hf(name, full, args)
+        full = gather_full(name, param, args, dst)
+        if full is not None:
+            yield from megatron_to_hf(name, full, args)
 
 
 @torch.no_grad()
 def save_hf_weights(model: torch.nn.Module, args: Namespace, output_dir: str, origin_hf_dir: str | None,
                     max_shard_bytes: int = 5 * 1024**3) -> None:
-    """Write an HF checkpoint (safetensors + config/tokenizer from `origin_hf_dir`). Collective over TP ranks;
-    data-parallel rank 0 of TP rank 0 writes, into a temporary directory renamed when complete."""
-    writer = dist.get_rank() == 0 if dist.is_initialized() else True
-    tensors = {name: t.to("cpu", copy=True).contiguous() for name, t in iter_hf_tensors(model, args)}
+    """Write an HF checkpoint (safetensors + config/tokenizer from `origin_hf_dir`) into a temporary directory
+    renamed when complete. Called by every rank: only the first data-parallel replica's TP group takes part in the
+    gather, and only global rank 0 assembles full tensors, moves them to the host and writes them, one shard
+    (at most `max_shard_bytes`) at a time, so no rank ever holds the whole model on the host."""
+    writer = not dist.is_initialized() or dist.get_rank() == 0
+    gathers = parallel_state.get_data_parallel_rank(with_context_parallel=True) == 0
+    staging = output_dir.rstrip("/") + ".tmp"
     if writer:
-        if not args.untie_embeddings_and_output_weights:
-            tensors.pop("lm_head.weight", None)
-        staging = output_dir.rstrip("/") + ".tmp"
         shutil.rmtree(staging, ignore_errors=True)
         os.makedirs(staging)
-        _write_safetensors(tensors, staging, max_shard_bytes)
+    if gathers:
+        shards = _SafetensorShards(staging, max_shard_bytes) if writer else None
+        for name, tensor in iter_hf_tensors(model, args, dst=0):
+            if name == "lm_head.weight" and not args.untie_embeddings_and_output_weights:
+                continue
+            shards.add(name, tensor.to("cpu", copy=True).contiguous())
+        if writer:
+            shards.close()
+    if writer:
         if origin_hf_dir:
             for asset in HF_ASSET_FILES:
                 if os.path.exists(os.path.join(origin_hf_dir, asset)):
@@ -236,24 +256,43 @@ def save_hf_weights(model: torch.nn.Module, args: Namespace, output_dir: str, or
         dist.barrier()
 
 
-def _write_safetensors(tensors: dict[str, torch.Tensor], directory: str, max_shard_bytes: int) -> None:
-    shards: list[dict[str, torch.Tensor]] = [{}]
-    size = 0
-    for name, tensor in tensors.items():
+class _SafetensorShards:
+    """Writes tensors into safetensors files of at most `max_shard_bytes` as they arrive, then names them as HF
+    does (`model.safetensors`, or `model-0000i-of-0000N.safetensors` with an index)."""
+
+    def __init__(self, directory: str, max_shard_bytes: int):
+        self.directory, self.max_shard_bytes = directory, max_shard_bytes
+        self.pending: dict[str, torch.Tensor] = {}
+        self.pending_bytes = 0
+        self.files: list[list[str]] = []  # tensor names per written file
+        self.total_bytes = 0
+
+    def add(self, name: str, tensor: torch.Tensor) -> None:
         nbytes = tensor.numel() * tensor.element_size()
-        if shards[-1] and size + nbytes > max_shard_bytes:
-            shards.append({})
-            size = 0
-        shards[-1][name] = tensor
-        size += nbytes
-    if len(shards) == 1:
-        save_file(shards[0], os.path.join(directory, "model.safetensors"), metadata={"format": "pt"})
-        return
-    weight_map = {}
-    for i, shard in enumerate(shards, start=1):
-        filename = f"model-{i:05d}-of-{len(shards):05d}.safetensors"
-        save_file(shard, os.path.join(directory, filename), metadata={"format": "pt"})
-        weight_map.update({name: filename for name in shard})
-    total = sum(t.numel() * t.element_size() for t in tensors.values())
-    with open(os.path.join(directory, "model.safetensors.index.json"), "w") as f:
-        json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+        if self.pending and self.pending_bytes + nbytes > self.max_shard_bytes:
+            self._flush()
+        self.pending[name] = tensor
+        self.pending_bytes += nbytes
+        self.total_bytes += nbytes
+
+    def _flush(self) -> None:
+        save_file(self.pending, self._temporary(len(self.files)), metadata={"format": "pt"})
+        self.files.append(list(self.pending))
+        self.pending, self.pending_bytes = {}, 0
+
+    def _temporary(self, index: int) -> str:
+        return os.path.join(self.directory, f"part-{index}.safetensors.tmp")
+
+    def close(self) -> None:
+        if self.pending or not self.files:
+            self._flush()
+        if len(self.files) == 1:
+            os.replace(self._temporary(0), os.path.join(self.directory, "model.safetensors"))
+            return
+        weight_map = {}
+        for i, names in enumerate(self.files):
+            filename = f"model-{i + 1:05d}-of-{len(self.files):05d}.safetensors"
+            os.replace(self._temporary(i), os.path.join(self.directory, filename))
+            weight_map.update({name: filename for name in names})
+        with open(os.path.join(self.directory, "model.safetensors.index.json"), "w") as f:
+            json.dump({"metadata": {"total_size": self.total_bytes}, "weight_map": weight_map}, f, indent=2)

@@ -6,7 +6,6 @@ import datetime
 import logging
 import os
 import random
-import socket
 from argparse import Namespace
 
 import numpy as np
@@ -14,17 +13,11 @@ import torch
 import torch.distributed as dist
 from megatron.core import parallel_state, tensor_parallel
 
+from slime.backends.megatron_utils.checkpoint import finalize_async_save
 from slime.backends.megatron_utils.cpu_bridges import apply_cpu_bridges
 from slime.utils.device import dist_backend, has_gpu
 
 logger = logging.getLogger(__name__)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A port that is free now (for tests and launchers choosing a rendezvous port)."""
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def init_distributed(args: Namespace, rank: int = 0, world_size: int = 1) -> None:
@@ -66,6 +59,9 @@ def set_seed(seed: int) -> None:
 
 
 def destroy_distributed() -> None:
+    """Leave the world, after finishing any checkpoint still being written in the background (--async-save)."""
+    if dist.is_initialized() and parallel_state.model_parallel_is_initialized():
+        finalize_async_save(blocking=True)
     if parallel_state.model_parallel_is_initialized():
         parallel_state.destroy_model_parallel()
     if dist.is_initialized():

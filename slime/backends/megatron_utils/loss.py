@@ -19,50 +19,13 @@ from argparse import Namespace
 from typing import Any, Callable
 
 import torch
-import torch.distributed as dist
-import torch.nn.functional as F
 from megatron.core import parallel_state
-from megatron.core.tensor_parallel.mappings import reduce_from_tensor_model_parallel_region
 
+from slime.backends.megatron_utils.log_probs import vocab_parallel_log_probs
+from slime.utils.device import device, reduce_on_device
 from slime.utils.misc import load_function
 
 LossFn = Callable[[Namespace, dict, torch.Tensor, Callable], tuple[torch.Tensor, dict[str, torch.Tensor]]]
-
-
-def vocab_parallel_log_probs_and_entropy(
-    logits: torch.Tensor, targets: torch.Tensor, with_entropy: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """log p(target) and entropy per position, for logits sharded over the tensor-parallel vocabulary.
-
-    logits: [tokens, vocab/tp] (fp32). Differentiable; with TP=1 it is log_softmax + gather.
-    """
-    tp_size = parallel_state.get_tensor_model_parallel_world_size()
-    if tp_size == 1:
-        # Whole vocabulary on this rank: PyTorch's fused cross-entropy makes far fewer passes over [tokens, vocab].
-        log_probs = -F.cross_entropy(logits, targets, reduction="none")
-        entropy = None
-        if with_entropy:
-            log_softmax = torch.log_softmax(logits, dim=-1)
-            entropy = -(log_softmax.exp() * log_softmax).sum(dim=-1)
-        return log_probs, entropy
-    vocab_start = parallel_state.get_tensor_model_parallel_rank() * logits.shape[-1]
-    row_max = logits.detach().max(dim=-1).values
-    if tp_size > 1:
-        dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=parallel_state.get_tensor_model_parallel_group())
-    shifted = logits - row_max.unsqueeze(-1)
-    exp = shifted.exp()
-    sum_exp = reduce_from_tensor_model_parallel_region(exp.sum(dim=-1))
-    local = targets - vocab_start
-    in_shard = (local >= 0) & (local < logits.shape[-1])
-    picked = shifted.gather(-1, local.clamp(0, logits.shape[-1] - 1).unsqueeze(-1)).squeeze(-1)
-    target_logit = reduce_from_tensor_model_parallel_region(picked * in_shard)
-    log_sum_exp = sum_exp.log()
-    log_probs = target_logit - log_sum_exp
-    entropy = None
-    if with_entropy:
-        expected_logit = reduce_from_tensor_model_parallel_region((exp * shifted).sum(dim=-1)) / sum_exp
-        entropy = log_sum_exp - expected_logit
-    return log_probs, entropy
 
 
 def response_spans(batch: dict) -> list[tuple[int, int]]:
@@ -77,31 +40,30 @@ def response_spans(batch: dict) -> list[tuple[int, int]]:
 def get_log_probs_and_entropy(
     args: Namespace, batch: dict, logits: torch.Tensor, with_entropy: bool = False
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """Per-sample response log-probs (and entropies). logits: [1, T, vocab/tp]; temperature applied as slime does."""
-    logits = logits[0].float()
-    if args.rollout_temperature != 1.0:
-        logits = logits / args.rollout_temperature
-    tokens = batch["tokens"][0]
-    targets = torch.roll(tokens, shifts=-1)
-    log_probs, entropy = vocab_parallel_log_probs_and_entropy(logits, targets, with_entropy)
+    """Per-sample response log-probs (and entropies) in fp32. logits: [1, T, vocab/tp] in the model's dtype;
+    divided by --rollout-temperature as slime does (also for SFT). Only the response positions are computed."""
     spans = response_spans(batch)
-    per_sample = [log_probs[s:e] for s, e in spans]
-    per_sample_entropy = [entropy[s:e] for s, e in spans] if entropy is not None else None
-    return per_sample, per_sample_entropy
+    targets = torch.roll(batch["tokens"][0], shifts=-1)
+    log_probs, entropy = vocab_parallel_log_probs(
+        logits[0], spans, targets, temperature=args.rollout_temperature, with_entropy=with_entropy,
+        chunk_size=getattr(args, "log_probs_chunk_size", None),
+    )
+    lengths = [e - s for s, e in spans]
+    return list(log_probs.split(lengths)), (list(entropy.split(lengths)) if entropy is not None else None)
 
 
 def make_sum_of_sample_mean(batch: dict, calculate_per_token_loss: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    masks = [m.float() for m in batch["loss_masks"]]
-    lengths = [len(m) for m in masks]
-    if calculate_per_token_loss:
-        weights = torch.cat(masks) if masks else torch.zeros(0)
-    else:
+    masks = batch["loss_mask_flat"].float()
+    if not calculate_per_token_loss:
+        lengths = batch["response_lengths"]
         denominators = batch["rollout_mask_sums"].float().clamp(min=1)
-        weights = torch.cat([m / d for m, d in zip(masks, denominators)]) if masks else torch.zeros(0)
+        # output_size spares a device-to-host sync on GPU.
+        repeats = torch.tensor(lengths, device=denominators.device)
+        masks = masks / denominators.repeat_interleave(repeats, output_size=masks.numel())
 
     def sum_of_sample_mean(values: torch.Tensor) -> torch.Tensor:
-        assert values.shape[0] == sum(lengths), (values.shape, sum(lengths))
-        return (values * weights.to(values.device)).sum()
+        assert values.shape[0] == masks.shape[0], (values.shape, masks.shape)
+        return (values * masks.to(values.device)).sum()
 
     return sum_of_sample_mean
 
@@ -187,11 +149,12 @@ def resolve_loss_function(args: Namespace) -> LossFn:
 
 def compute_loss(args: Namespace, batch: dict, logits: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
     """The registered loss of one micro-batch, unscaled, and its report: the trained-token count and the metrics
-    (sums over the micro-batch, which `report_step_metrics` reduces)."""
+    (sums over the micro-batch, which `report_step_metrics` reduces). Everything stays on the device: reading a
+    value here would wait for the GPU once per micro-batch and metric."""
     sum_of_sample_mean = make_sum_of_sample_mean(batch, args.calculate_per_token_loss)
     loss, metrics = resolve_loss_function(args)(args, batch, logits, sum_of_sample_mean)
-    num_tokens = sum(int(m.sum()) for m in batch["loss_masks"])
-    return loss, {"num_tokens": num_tokens, **{k: v.detach().float() for k, v in metrics.items()}}
+    num_tokens = batch["loss_mask_flat"].sum()
+    return loss, {"num_tokens": num_tokens, **{k: torch.as_tensor(v).detach().float() for k, v in metrics.items()}}
 
 
 def loss_function(
@@ -204,21 +167,30 @@ def loss_function(
     """
     loss, report = compute_loss(args, batch, logits)
     if args.calculate_per_token_loss:
-        return loss, torch.tensor(report["num_tokens"], dtype=torch.int, device=loss.device), report
+        return loss, report["num_tokens"].to(device=loss.device, dtype=torch.int), report
     dp_size = parallel_state.get_data_parallel_world_size(with_context_parallel=True)
     return loss * num_microbatches / step_global_batch_size * dp_size, report
 
 
-def report_step_metrics(args: Namespace, reports: list[dict[str, Any]], step_global_batch_size: int) -> dict:
-    """Step-level metrics from per-micro-batch reports, reduced over data-parallel ranks."""
+def report_step_metrics(args: Namespace, reports: list[dict[str, Any]], step_global_batch_size: int | None,
+                        num_samples: int = 0) -> dict[str, float]:
+    """Step-level metrics from per-micro-batch reports, reduced over data-parallel ranks in one collective.
+
+    The default denominator is the step's global batch size; with `step_global_batch_size=None` (validation) it is
+    the number of samples, `num_samples` on this rank, summed over the data-parallel ranks in the same reduction.
+    """
     keys = sorted({k for r in reports for k in r if k != "num_tokens"})
-    totals = torch.tensor([[sum(float(r.get(k, 0.0)) for r in reports) for k in keys]
-                           + [sum(r["num_tokens"] for r in reports)]], dtype=torch.float64)
-    if parallel_state.get_data_parallel_world_size(with_context_parallel=True) > 1:
-        dist.all_reduce(totals, group=parallel_state.get_data_parallel_group(with_context_parallel=True,
-                                                                              partial_data_parallel=False))
-    values, tokens = totals[0, :-1], float(totals[0, -1])
-    denominator = max(tokens, 1.0) if args.calculate_per_token_loss else step_global_batch_size
-    out = {k: float(v) / denominator for k, v in zip(keys, values)}
+    totals = torch.zeros(len(keys) + 2, dtype=torch.float64, device=device())
+    for report in reports:  # device tensors: nothing here waits for the GPU
+        row = [report.get(k, 0.0) for k in keys] + [report["num_tokens"], 0.0]
+        totals += torch.stack([torch.as_tensor(v, dtype=torch.float64, device=device()) for v in row])
+    totals[-1] = num_samples
+    group = parallel_state.get_data_parallel_group(with_context_parallel=True, partial_data_parallel=False)
+    *values, tokens, samples = reduce_on_device(totals, group).tolist()
+    if args.calculate_per_token_loss:
+        denominator = max(tokens, 1.0)
+    else:
+        denominator = step_global_batch_size if step_global_batch_size is not None else max(samples, 1.0)
+    out = {k: v / denominator for k, v in zip(keys, values)}
     out["trained_tokens"] = tokens
     return out

@@ -7,6 +7,7 @@ import resource
 import time
 from argparse import Namespace
 from functools import partial
+from itertools import accumulate
 from typing import Any, Callable, Iterator
 
 import torch
@@ -14,15 +15,17 @@ from megatron.core import parallel_state
 from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig, finalize_model_grads
 from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
-from megatron.core.packed_seq_params import PackedSeqParams
 from megatron.core.pipeline_parallel import get_forward_backward_func
+from megatron.core.transformer.module import Float16Module
 from megatron.core.utils import get_model_config
 
+from slime.backends.megatron_utils.attention import packed_sequences
 from slime.backends.megatron_utils.cpu_bridges import cuda_literals_on_cpu
 from slime.backends.megatron_utils.loss import compute_loss, loss_function, report_step_metrics
-from slime.backends.megatron_utils.model_provider import build_gpt_model
-from slime.utils.device import device, params_dtype, peak_tflops, synchronize
+from slime.backends.megatron_utils.model_provider import build_gpt_model, use_transformer_engine
+from slime.utils.device import device, has_gpu, params_dtype, peak_tflops, synchronize
 from slime.utils.flops import training_flops
+from slime.utils.memory_estimate import estimate_memory, format_estimate
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +38,8 @@ def train_iters(args: Namespace) -> int:
 
 
 def setup_model_and_optimizer(args: Namespace) -> tuple[DistributedDataParallel, Any, OptimizerParamScheduler]:
+    if has_gpu() and torch.distributed.get_rank() == 0:
+        logger.info("%s", format_estimate(estimate_memory(args), args))
     model = build_gpt_model(args)
     ddp_config = DistributedDataParallelConfig(
         grad_reduce_in_fp32=args.accumulate_allreduce_grads_in_fp32 or params_dtype(args) == torch.float32,
@@ -99,25 +104,27 @@ def pad_length(args: Namespace, num_tokens: int) -> int:
 
 def get_batch(args: Namespace, shard: dict, indices: list[int]) -> dict:
     """One packed micro-batch: sequences concatenated into [1, T], padded with token 0 (as one extra sequence)
-    to a multiple of TP x --data-pad-size-multiplier, with cu_seqlens for attention."""
+    to a multiple of TP x --data-pad-size-multiplier, with the sequence boundaries for attention.
+
+    Host-to-device traffic is one copy per kind of data per micro-batch (tokens, loss masks, boundaries), and the
+    boundaries are computed here once on the host instead of being read back from the device in every layer."""
     tokens = [shard["tokens"][i] for i in indices]
     lengths = [len(t) for t in tokens]
     pad = pad_length(args, sum(lengths))
     stream = torch.cat(tokens + ([torch.zeros(pad, dtype=torch.long)] if pad else []))
-    boundaries = [0]
-    for length in lengths + ([pad] if pad else []):
-        boundaries.append(boundaries[-1] + length)
+    bounds = list(accumulate(lengths + ([pad] if pad else []), initial=0))
     target = device()
-    cu_seqlens = torch.tensor(boundaries, dtype=torch.int32, device=target)
-    longest = max(lengths + [pad])
+    masks = [shard["loss_masks"][i] for i in indices]
+    mask_flat = torch.cat(masks).to(target, non_blocking=True)
     batch = {
-        "tokens": stream.unsqueeze(0).to(target),
-        "packed_seq_params": PackedSeqParams(qkv_format="thd", cu_seqlens_q=cu_seqlens, cu_seqlens_kv=cu_seqlens,
-                                             max_seqlen_q=longest, max_seqlen_kv=longest),
+        "tokens": stream.unsqueeze(0).to(target, non_blocking=True),
+        # Transformer Engine (attention, fused RoPE) reads cu_seqlens on the device; the local path on the host.
+        "packed_seq_params": packed_sequences(bounds, target, cu_seqlens_on_device=use_transformer_engine(args)),
         "total_lengths": lengths,
         "response_lengths": [shard["response_lengths"][i] for i in indices],
-        "loss_masks": [shard["loss_masks"][i].to(target) for i in indices],
-        "rollout_mask_sums": shard["rollout_mask_sums"][indices].to(target),
+        "loss_mask_flat": mask_flat,
+        "loss_masks": list(mask_flat.split([len(m) for m in masks])),
+        "rollout_mask_sums": shard["rollout_mask_sums"][indices].to(target, non_blocking=True),
         "unconcat_tokens": tokens,
     }
     for key in OPTIONAL_KEYS:
@@ -126,12 +133,37 @@ def get_batch(args: Namespace, shard: dict, indices: list[int]) -> dict:
     return batch
 
 
+def forward_logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """[1, T, vocab/TP] logits of a packed micro-batch, in the model's dtype: under bf16 Megatron's Float16Module
+    would otherwise upcast the whole tokens-by-vocabulary tensor to fp32, which the chunked loss does per chunk."""
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    kwargs = {"fp32_output": False} if isinstance(inner, Float16Module) else {}
+    return model(input_ids=batch["tokens"], position_ids=None, attention_mask=None,
+                 packed_seq_params=batch["packed_seq_params"], **kwargs)
+
+
 def _forward_step(args: Namespace, num_microbatches: int, step_global_batch_size: int,
                   data_iterator: Iterator[dict], model: torch.nn.Module) -> tuple[torch.Tensor, Callable]:
     batch = next(data_iterator)
-    logits = model(input_ids=batch["tokens"], position_ids=None, attention_mask=None,
-                   packed_seq_params=batch["packed_seq_params"])
-    return logits, partial(loss_function, args, batch, num_microbatches, step_global_batch_size)
+    return forward_logits(model, batch), partial(loss_function, args, batch, num_microbatches, step_global_batch_size)
+
+
+def reset_optimizer_states(args: Namespace, optimizer: Any) -> None:
+    """--reset-optimizer-states, as slime does at the start of every rollout's training: Adam's moments are zeroed
+    and its step counter restarts (a group-level `step`, as fused Adam keeps it, and torch Adam's per-parameter
+    `step`), so the next step is the first step of a fresh Adam from the current weights."""
+    if not args.reset_optimizer_states:
+        return
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        for group in inner.optimizer.param_groups:
+            if "step" in group:
+                group["step"] = 0
+        for state in inner.optimizer.state.values():
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key].zero_()
+            if "step" in state:
+                state["step"] = torch.zeros_like(state["step"]) if torch.is_tensor(state["step"]) else 0
 
 
 def train_one_step(args: Namespace, model, optimizer, scheduler, shard: dict, micro_batches: list[list[int]],
@@ -177,6 +209,7 @@ def throughput_metrics(args: Namespace, shard: dict, micro_batches: list[list[in
         "mfu": tflops / peak if peak else float("nan"),
         "padding_fraction": padding / max(sum(lengths) + padding, 1),
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2,
+        **({"peak_gpu_memory_gb": torch.cuda.max_memory_allocated() / 1024**3} if has_gpu() else {}),
     }
 
 
@@ -187,12 +220,5 @@ def forward_only_loss(args: Namespace, model, shard: dict, micro_batches: list[l
     reports = []
     for indices in micro_batches:
         batch = get_batch(args, shard, indices)
-        logits = model(input_ids=batch["tokens"], position_ids=None, attention_mask=None,
-                       packed_seq_params=batch["packed_seq_params"])
-        reports.append(compute_loss(args, batch, logits)[1])
-    num_samples = sum(len(mb) for mb in micro_batches)
-    if parallel_state.get_data_parallel_world_size() > 1:
-        counts = torch.tensor([num_samples], dtype=torch.float64)
-        torch.distributed.all_reduce(counts, group=parallel_state.get_data_parallel_group())
-        num_samples = int(counts.item())
-    return report_step_metrics(args, reports, max(num_samples, 1))
+        reports.append(compute_loss(args, batch, forward_logits(model, batch))[1])
+    return report_step_metrics(args, reports, None, num_samples=sum(len(mb) for mb in micro_batches))

@@ -1,8 +1,15 @@
-"""A Megatron-core GPTModel from Megatron-style flags (scripts/models/*.sh), on CPU or GPU."""
+"""A Megatron-core GPTModel from Megatron-style flags (scripts/models/*.sh), on CPU or GPU.
+
+Built as Megatron's `get_model` builds it: on the device, and under bf16/fp16 wrapped in `Float16Module`, which
+casts every parameter (norms included) to the training dtype. `--custom-model-provider-path` replaces the GPTModel
+construction only; device placement and mixed-precision wrapping still apply.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
+import inspect
 import logging
 from argparse import Namespace
 
@@ -11,15 +18,20 @@ import torch.nn.functional as F
 from megatron.core import parallel_state
 from megatron.core.models.gpt import GPTModel
 from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
+from megatron.core.tensor_parallel import layers as tensor_parallel_layers
 from megatron.core.transformer import TransformerConfig
+from megatron.core.transformer.enums import AttnBackend
+from megatron.core.transformer.module import Float16Module
 from megatron.core.transformer.spec_utils import ModuleSpec
 
 from slime.backends.megatron_utils.attention import PackedAttention
 from slime.utils.device import has_gpu, params_dtype
+from slime.utils.misc import load_function
 
 logger = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=None)
 def transformer_engine_available() -> bool:
     if not has_gpu() or importlib.util.find_spec("transformer_engine") is None:
         return False
@@ -33,6 +45,26 @@ def transformer_engine_available() -> bool:
 
 def use_transformer_engine(args: Namespace) -> bool:
     return args.transformer_impl == "transformer_engine" and transformer_engine_available()
+
+
+def attention_backend(args: Namespace) -> AttnBackend:
+    return AttnBackend[args.attention_backend]
+
+
+def gradient_accumulation_fusion(args: Namespace, fused: bool) -> bool:
+    """Megatron's ColumnParallelLinear (the output layer, also under the TE spec) refuses the fusion unless Apex's
+    `fused_weight_gradient_mlp_cuda` extension imports; pip's TE does not provide it."""
+    if not (fused and args.gradient_accumulation_fusion):
+        return False
+    if not tensor_parallel_layers._grad_accum_fusion_available:
+        _log_once("gradient accumulation fusion off: Apex's fused_weight_gradient_mlp_cuda extension is not installed")
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _log_once(message: str) -> None:
+    logger.info(message)
 
 
 def transformer_config_from_args(args: Namespace) -> TransformerConfig:
@@ -82,7 +114,8 @@ def transformer_config_from_args(args: Namespace) -> TransformerConfig:
         masked_softmax_fusion=fused,
         persist_layer_norm=fused,
         apply_rope_fusion=fused,
-        gradient_accumulation_fusion=fused and args.gradient_accumulation_fusion,
+        gradient_accumulation_fusion=gradient_accumulation_fusion(args, fused),
+        attention_backend=attention_backend(args),
     )
 
 
@@ -90,31 +123,58 @@ def layer_spec(args: Namespace) -> ModuleSpec:
     if use_transformer_engine(args):
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_with_transformer_engine_spec
 
-        return get_gpt_layer_with_transformer_engine_spec(qk_layernorm=args.qk_layernorm)
-    spec = get_gpt_layer_local_spec(qk_layernorm=args.qk_layernorm, normalization=args.normalization)
+        spec = get_gpt_layer_with_transformer_engine_spec(qk_layernorm=args.qk_layernorm)
+        if attention_backend(args) != AttnBackend.local:
+            return spec
+    else:
+        spec = get_gpt_layer_local_spec(qk_layernorm=args.qk_layernorm, normalization=args.normalization)
+    # `--attention-backend local` means Megatron's own (non-TE) attention; ours is that attention for packed input.
     spec.submodules.self_attention.submodules.core_attention = PackedAttention
     return spec
 
 
-def build_gpt_model(args: Namespace, pre_process: bool | None = None, post_process: bool | None = None) -> GPTModel:
+def _custom_model(args: Namespace, pre_process: bool, post_process: bool) -> torch.nn.Module:
+    """slime's contract: `provider(pre_process, post_process, vp_stage=None) -> GPTModel`; vp_stage is passed only to
+    providers that take it."""
+    provider = load_function(args.custom_model_provider_path)
+    kwargs = {"pre_process": pre_process, "post_process": post_process}
+    if "vp_stage" in inspect.signature(provider).parameters:
+        kwargs["vp_stage"] = None  # no virtual pipeline stages here
+    model = provider(**kwargs)
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"--custom-model-provider-path {args.custom_model_provider_path} returned "
+                        f"{type(model).__name__}, not a torch.nn.Module (a Megatron GPTModel)")
+    return model
+
+
+def build_gpt_model(args: Namespace, pre_process: bool | None = None, post_process: bool | None = None
+                    ) -> torch.nn.Module:
+    """The model on this process's device; under bf16/fp16 inside Megatron's Float16Module (its state-dict and
+    sharded-state-dict keys are the GPTModel's own)."""
     if args.num_experts:
         raise NotImplementedError("mixture-of-experts models are not supported yet")
     if pre_process is None:
         pre_process = parallel_state.is_pipeline_first_stage()
     if post_process is None:
         post_process = parallel_state.is_pipeline_last_stage()
-    config = transformer_config_from_args(args)
-    model = GPTModel(
-        config=config,
-        transformer_layer_spec=layer_spec(args),
-        vocab_size=args.padded_vocab_size,
-        max_sequence_length=args.max_position_embeddings,
-        pre_process=pre_process,
-        post_process=post_process,
-        parallel_output=True,
-        share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
-        position_embedding_type=args.position_embedding_type,
-        rotary_percent=args.rotary_percent,
-        rotary_base=int(args.rotary_base),
-    )
-    return model.to(torch.device("cuda", torch.cuda.current_device()) if has_gpu() else "cpu")
+    if args.custom_model_provider_path:
+        model = _custom_model(args, pre_process, post_process)
+    else:
+        model = GPTModel(
+            config=transformer_config_from_args(args),
+            transformer_layer_spec=layer_spec(args),
+            vocab_size=args.padded_vocab_size,
+            max_sequence_length=args.max_position_embeddings,
+            pre_process=pre_process,
+            post_process=post_process,
+            parallel_output=True,
+            share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
+            position_embedding_type=args.position_embedding_type,
+            rotary_percent=args.rotary_percent,
+            rotary_base=int(args.rotary_base),
+        )
+    model = model.to(torch.device("cuda", torch.cuda.current_device()) if has_gpu() else "cpu")
+    config = getattr(model, "config", None)  # a Megatron module's TransformerConfig
+    if config is not None and (config.bf16 or config.fp16):
+        model = Float16Module(config, model)
+    return model

@@ -34,8 +34,8 @@ def save_tiny_hf_model(directory, model_type: str, **overrides):
 
 def args_for_hf(directory, *extra):
     return parse_args(["--rollout-batch-size", "1", "--num-rollout", "1", "--actor-num-gpus-per-node", "1",
-                       "--hf-checkpoint", str(directory), "--attention-dropout", "0", "--hidden-dropout", "0",
-                       *extra])
+                       "--debug-train-only", "--hf-checkpoint", str(directory), "--attention-dropout", "0",
+                       "--hidden-dropout", "0", *extra])
 
 
 TINY_MODEL_FLAGS = [
@@ -78,3 +78,12 @@ def shards_for(args, samples, dp_size: int = 1):
     from slime.utils.train_data import convert_samples_to_train_data, split_train_data_by_dp
 
     return split_train_data_by_dp(args, convert_samples_to_train_data(args, samples), dp_size)
+
+
+def plain_log_probs(logits, rows, targets, temperature=1.0):
+    """The reference the fused loss must equal: full-width log-softmax, gather, and the entropy from it."""
+    index = torch.cat([torch.arange(s, e) for s, e in rows])
+    log_softmax = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, dim=-1)
+    log_probs = log_softmax[index].gather(-1, targets[index].unsqueeze(-1)).squeeze(-1)
+    entropy = -(log_softmax.exp() * log_softmax).sum(-1)[index]
+    return log_probs, entropy

@@ -231,3 +231,32 @@ def test_dropout_and_seed_are_honoured():
     no_dropout = train_once(tiny_args("--calculate-per-token-loss", "--seed", "1"), samples)[0]["loss"]
     assert first == again
     assert first != other_seed and first != no_dropout
+
+
+def test_reset_optimizer_states_makes_the_next_step_a_fresh_adam_step():
+    """slime's --reset-optimizer-states (the trainer applies it at the start of each rollout's training): Adam's
+    moments and step restart, so the next step equals a fresh optimizer's first step from the same weights."""
+    from slime.backends.megatron_utils.hf_weights import unwrap
+
+    flags = ["--calculate-per-token-loss", "--optimizer", "adam", "--lr", "1e-2"]
+
+    def after_second_rollout(reset: bool):
+        args = tiny_args(*flags, *(["--reset-optimizer-states"] if reset else []))
+        actor = MegatronTrainRayActor()
+        actor.init(args)
+        actor.train(0, shards_for(args, random_samples(8, seed=0))[0])
+        weights = [p.detach().clone() for p in unwrap(actor.model).parameters()]
+        actor.train(1, shards_for(args, random_samples(8, seed=1))[0])
+        return weights, dict(iter_hf_tensors(actor.model, args))
+
+    start, with_reset = after_second_rollout(reset=True)
+    _, without_reset = after_second_rollout(reset=False)
+    fresh = MegatronTrainRayActor()
+    fresh.init(tiny_args(*flags))
+    for param, value in zip(unwrap(fresh.model).parameters(), start):
+        param.data.copy_(value)
+    fresh.train(1, shards_for(fresh.args, random_samples(8, seed=1))[0])
+    expected = dict(iter_hf_tensors(fresh.model, fresh.args))
+    for name, tensor in with_reset.items():
+        assert torch.allclose(tensor, expected[name], atol=1e-7), name
+    assert any(not torch.allclose(tensor, expected[name], atol=1e-5) for name, tensor in without_reset.items())

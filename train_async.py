@@ -11,7 +11,7 @@ from slime.utils.misc import should_run_periodic_action
 def train(args) -> dict:
     with ray_session(args):
         placements = create_placement_groups(args)
-        rollout_manager = create_rollout_manager(args, placements["actor"].uses_gpus)
+        rollout_manager = create_rollout_manager(args, placements["rollout"])
         num_rollout_per_epoch = set_num_rollout(args, rollout_manager)
         actor_model = create_training_models(args, placements["actor"], rollout_manager)
         actor_model.update_weights()

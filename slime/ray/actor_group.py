@@ -45,10 +45,12 @@ class RayTrainGroup:
         env = {k: str(v) for k, v in args.train_env_vars.items()}
         address, port = ray.get(_rendezvous_address.options(scheduling_strategy=placement.strategy(0)).remote())
         actor_class = ray.remote(TrainRayActor)
+        # Sharing devices with the engines (slime's fractions: trainer 0.4, engine 0.2 of a GPU bundle).
+        share = 0.4 if placement.uses_gpus and (args.colocate or args.debug_rollout_only) else 1
         self.actors = [
             actor_class.options(
-                num_cpus=1,
-                num_gpus=1 if placement.uses_gpus else 0,
+                num_cpus=share,
+                num_gpus=share if placement.uses_gpus else 0,
                 scheduling_strategy=placement.strategy(rank),
                 runtime_env={"env_vars": env} if env else None,
             ).remote(world_size, rank, address, port)

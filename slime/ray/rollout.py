@@ -11,6 +11,8 @@ from typing import Any
 
 import ray
 
+from slime.backends.sglang_utils.sglang_engine import Router, SGLangEngine
+from slime.ray.placement_group import Placement
 from slime.rollout.base_types import call_rollout_fn, check_eval_output, check_train_output
 from slime.utils.misc import load_function
 from slime.utils.train_data import (
@@ -36,14 +38,39 @@ class Box:
 
 
 class RolloutManager:
-    def __init__(self, args: Namespace):
+    def __init__(self, args: Namespace, placement: Placement | None = None):
         self.args = args
+        self.router: Router | None = None
+        self.engines: list[Any] = []
+        if needs_engines(args):
+            self._start_engines(placement)
         self.data_source = load_function(args.data_source_path)(args)
         self.generate_rollout = load_function(args.rollout_function_path)
         self.eval_generate_rollout = load_function(args.eval_function_path)
         # The cursor as of the end of each generated rollout: with train_async.py, rollout N+1 is already drawn
         # when rollout N is saved, and saving the live cursor would skip a batch on resume.
         self.cursor_after: dict[int, dict[str, Any]] = {}
+
+    def _start_engines(self, placement: Placement | None) -> None:
+        """The router, then one engine actor per `--rollout-num-gpus-per-engine` devices of the rollout share;
+        the run's rollout function reaches them through the router's address in args."""
+        args = self.args
+        self.router = Router(args)
+        per_engine = args.rollout_num_gpus_per_engine
+        num_engines = args.rollout_num_gpus // per_engine
+        uses_gpus = bool(placement and placement.uses_gpus)
+        engine_class = ray.remote(SGLangEngine)
+        for rank in range(num_engines):
+            # A fraction of the bundle, as slime asks, so that a trainer can share it (--debug-rollout-only); the
+            # server process the actor starts is not counted by Ray either way.
+            options: dict[str, Any] = {"num_cpus": 0.2 if uses_gpus else 0, "num_gpus": 0.2 if uses_gpus else 0}
+            if placement is not None and placement.pg is not None:
+                options["scheduling_strategy"] = placement.strategy(rank * per_engine)
+            self.engines.append(engine_class.options(**options).remote(args, rank, uses_gpus))
+        urls = ray.get([engine.init.remote() for engine in self.engines])
+        self.router.wait_for_workers(args, urls)
+        logger.info("%d inference engines behind the router at %s:%s", num_engines, args.sglang_router_ip,
+                    args.sglang_router_port)
 
     def dataset_size(self) -> int:
         return len(self.data_source)
@@ -105,9 +132,22 @@ class RolloutManager:
         self.data_source.load(rollout_id)
 
     def dispose(self) -> None:
-        """Nothing to release for file-backed rollouts; RL will stop its engines and router here."""
+        """Stop the engines (their server processes) and the router."""
+        if self.engines:
+            ray.get([engine.shutdown.remote() for engine in self.engines])
+            self.engines = []
+        if self.router is not None:
+            self.router.stop()
+            self.router = None
 
 
-def create_rollout_manager(args: Namespace, uses_gpus: bool) -> Any:
-    """The manager reserves a CPU on GPU clusters; on a CPU machine every core goes to the trainers."""
-    return ray.remote(RolloutManager).options(num_cpus=1 if uses_gpus else 0, num_gpus=0).remote(args)
+def needs_engines(args: Namespace) -> bool:
+    """Engines serve generation; SFT (--debug-train-only) and replays of saved rollouts need none."""
+    return not args.debug_train_only and not args.load_debug_rollout_data and bool(args.rollout_num_gpus)
+
+
+def create_rollout_manager(args: Namespace, placement: Placement) -> Any:
+    """The manager reserves a CPU on GPU clusters; on a CPU machine every core goes to the trainers and engines.
+    Its engines go on `placement`, the rollout share of the placement group."""
+    manager = ray.remote(RolloutManager).options(num_cpus=1 if placement.uses_gpus else 0, num_gpus=0)
+    return manager.remote(args, placement)

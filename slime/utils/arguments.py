@@ -148,6 +148,12 @@ def _refuse_not_supported(args: argparse.Namespace, parser: SlimeArgumentParser)
         role_view = argparse.Namespace(**{**defaults, **overrides})
         refused += [f"{message} [--megatron-config-path, role {role}]"
                     for message in not_supported.refusals(role_view, parser, [])]
+    if not (args.debug_train_only or args.debug_rollout_only or args.load_debug_rollout_data):
+        # Generation works, but training on it needs the trainer's weights pushed to the engines after each step;
+        # without that the engines would keep serving the initial policy and nothing would say so.
+        refused.append(str(NotSupportedError(
+            "training on generated rollouts (give --debug-train-only for SFT, or --debug-rollout-only to generate "
+            "without training)", "weight sync to the engines and RL advantages arrive with RL training")))
     if refused:
         parser.error("; ".join(refused))
 
@@ -288,6 +294,9 @@ def _validate_slime_args(args: argparse.Namespace) -> None:
         args.debug_train_only = True
     if args.debug_rollout_only and args.debug_train_only:
         raise ArgumentValidationError("--debug-rollout-only and --debug-train-only exclude each other")
+    if args.debug_rollout_only and not args.rollout_num_gpus:
+        raise ArgumentValidationError("--debug-rollout-only generates with inference engines: give --rollout-num-gpus "
+                                      "(on a machine without GPUs, the number of CPU engine processes)")
     args.rollout_external = args.rollout_external_engine_addrs is not None
     args.use_critic = args.advantage_estimator == "ppo"
     if args.offload:

@@ -12,6 +12,7 @@ import ray
 import torch
 
 from slime.ray.driver import set_num_rollout
+from slime.ray.placement_group import Placement
 from slime.ray.rollout import create_rollout_manager
 from slime.utils.arguments import parse_args
 
@@ -63,7 +64,7 @@ def test_prompt_label_plugin_with_sft_loss_through_the_rollout_manager(local_ray
                                                                         qwen3_tokenizer):
     args = plugin_args(tmp_path, qwen3_tokenizer_dir)
     assert args.loss_type == "sft_loss"
-    manager = create_rollout_manager(args, uses_gpus=False)
+    manager = create_rollout_manager(args, Placement(None, [], False))
     # Every row reaches the plugin: 6 rows, batches of 4 -> 1 rollout per epoch, 2 epochs.
     assert set_num_rollout(args, manager) == 1 and args.num_rollout == 2
     for rollout_id, rows in ((0, ROWS[:4]), (1, ROWS[4:] + ROWS[:2])):  # the second batch wraps into epoch 1
@@ -87,7 +88,7 @@ def test_the_manager_rejects_a_broken_return_naming_the_function(local_ray, tmp_
                                                                   function, message):
     args = plugin_args(tmp_path, qwen3_tokenizer_dir, "--rollout-function-path", function,
                        "--n-samples-per-prompt", "2", "--global-batch-size", "8")
-    manager = create_rollout_manager(args, uses_gpus=False)
+    manager = create_rollout_manager(args, Placement(None, [], False))
     with pytest.raises(ray.exceptions.RayTaskError, match=rf"rollout function {function}: {message}"):
         ray.get(manager.generate.remote(0))
     ray.kill(manager)

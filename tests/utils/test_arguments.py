@@ -68,14 +68,14 @@ def test_seed_sft_script_parses_with_slime_semantics(script_flags):
 def test_grpo_script_is_refused_naming_its_rl_flags(capsys):
     err = expect_error(capsys, GRPO_FLAGS + ["--ref-load", str(REPO_ROOT)])
     line = err.splitlines()[-1]
-    for given in ("--rollout-num-gpus-per-engine 2, --colocate, --sglang-mem-fraction-static 0.7 (SGLang engines "
-                  "arrive with the RL rollout)", "--rm-type deepscaler (rewards arrive with the RL rollout)",
+    for given in ("--colocate, --sglang-mem-fraction-static 0.7 (SGLang engines arrive with the RL rollout)",
                   "--use-kl-loss (it needs the reference model", "--n-samples-per-eval-prompt 16",
-                  "--eval-top-p 1.0"):
+                  "--eval-top-p 1.0", "not supported yet: training on generated rollouts"):
         assert given in line, line
-    # Its training flags are slime's and work: they are not named.
+    # Its training flags are slime's and work, and so do its generation and reward flags: they are not named.
     for flag in ("--tensor-model-parallel-size", "--sequence-parallel", "--balance-data", "--eps-clip",
-                 "--advantage-estimator", "--kl-loss-coef", "--pipeline-model-parallel-size"):
+                 "--advantage-estimator", "--kl-loss-coef", "--pipeline-model-parallel-size",
+                 "--rollout-num-gpus-per-engine", "--rm-type", "--rollout-max-response-len", "--over-sampling"):
         assert flag not in line
 
 

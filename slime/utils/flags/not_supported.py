@@ -40,8 +40,6 @@ NOT_SUPPORTED: dict[str, Refusal] = {
     "--critic-num-nodes": Refusal(CRITIC),
     "--critic-num-gpus-per-node": Refusal(CRITIC),
     "--num-gpus-per-node": Refusal(f"it places SGLang engines; {ENGINES}"),
-    "--rollout-num-gpus": Refusal(ENGINES),
-    "--rollout-num-gpus-per-engine": Refusal(ENGINES),
     "--colocate": Refusal(ENGINES),  # when lifted: train_async.py must refuse it, as slime's asserts
     "--offload": Refusal(ENGINES),
     "--offload-train": Refusal(ENGINES),
@@ -49,20 +47,6 @@ NOT_SUPPORTED: dict[str, Refusal] = {
     "--train-backend": Refusal("only the Megatron backend exists"),
     # data and rollout
     "--multimodal-keys": Refusal("multimodal data is not supported yet"),
-    "--rollout-max-response-len": Refusal(GENERATION),
-    "--rollout-top-p": Refusal(GENERATION),
-    "--rollout-top-k": Refusal(GENERATION),
-    "--rollout-stop": Refusal(GENERATION),
-    "--rollout-stop-token-ids": Refusal(GENERATION),
-    "--rollout-skip-special-tokens": Refusal(GENERATION),
-    "--over-sampling-batch-size": Refusal(GENERATION),
-    "--dynamic-sampling-filter-path": Refusal(GENERATION),
-    "--partial-rollout": Refusal(GENERATION),
-    "--mask-offpolicy-in-partial-rollout": Refusal(GENERATION),
-    "--custom-generate-function-path": Refusal(GENERATION),
-    "--rollout-sample-hook-path": Refusal(GENERATION),
-    "--rollout-sample-filter-path": Refusal(GENERATION),
-    "--rollout-all-samples-process-path": Refusal(GENERATION),
     "--custom-rollout-log-function-path": Refusal("the rollout manager does not call custom rollout loggers yet"),
     "--custom-eval-rollout-log-function-path": Refusal("the rollout manager does not call custom eval loggers yet"),
     "--rollout-data-transport": Refusal("rollout data travels through Ray's object store only"),
@@ -75,7 +59,6 @@ NOT_SUPPORTED: dict[str, Refusal] = {
     "--rollout-health-check-interval": Refusal(ENGINES),
     "--rollout-health-check-timeout": Refusal(ENGINES),
     "--rollout-external-engine-addrs": Refusal(ENGINES),
-    "--debug-rollout-only": Refusal(GENERATION),
     # training, parallelism and model
     "--log-probs-max-tokens-per-gpu": Refusal(f"log-prob forwards are part of RL; {RL}"),
     "--balance-by-flops": Refusal("packing micro-batches by FLOPs is not implemented (--balance-data is)"),
@@ -91,14 +74,7 @@ NOT_SUPPORTED: dict[str, Refusal] = {
     "--model-name": Refusal("HF conversion takes the model type from --hf-checkpoint's config.json"),
     "--ckpt-format": Refusal("only torch_dist checkpoints are written and read"),
     # algorithm
-    "--advantage-estimator": Refusal(f"advantages are part of RL; {RL}"),
-    "--rm-type": Refusal(REWARDS),
-    "--rm-url": Refusal(REWARDS),
-    "--reward-key": Refusal(REWARDS),
     "--eval-reward-key": Refusal(REWARDS),
-    "--group-rm": Refusal(REWARDS),
-    "--custom-rm-path": Refusal(REWARDS),
-    "--custom-reward-post-process-path": Refusal(REWARDS),
     "--custom-advantage-function-path": Refusal(RL),
     "--custom-tis-function-path": Refusal(RL),
     "--custom-pg-loss-reducer-function-path": Refusal(RL),
@@ -108,8 +84,6 @@ NOT_SUPPORTED: dict[str, Refusal] = {
     "--gamma": Refusal(RL),
     "--lambd": Refusal(RL),
     "--normalize-advantages": Refusal(RL),
-    "--disable-grpo-std-normalization": Refusal(RL),
-    "--disable-rewards-normalization": Refusal(RL),
     "--use-tis": Refusal(RL),
     "--tis-clip": Refusal(RL),
     "--tis-clip-low": Refusal(RL),
@@ -133,10 +107,6 @@ NOT_SUPPORTED: dict[str, Refusal] = {
     # debugging
     "--ci-test": Refusal("slime's CI-only assertions are not reproduced"),
     # SGLang engines and router (undeclared --sglang-* flags are refused with the same reason)
-    "--sglang-router-ip": Refusal(ENGINES),
-    "--sglang-router-port": Refusal(ENGINES),
-    "--sglang-router-request-timeout-secs": Refusal(ENGINES),
-    "--sglang-server-concurrency": Refusal(ENGINES),
     "--sglang-config": Refusal(ENGINES),
     "--sglang-mem-fraction-static": Refusal(ENGINES),
     "--sglang-context-length": Refusal(ENGINES),
@@ -145,10 +115,6 @@ NOT_SUPPORTED: dict[str, Refusal] = {
     "--sglang-pipeline-parallel-size": Refusal(ENGINES),
     "--sglang-enable-dp-attention": Refusal(ENGINES),
     "--prefill-num-servers": Refusal(ENGINES),
-    "--router-policy": Refusal(ENGINES),
-    "--router-log-level": Refusal(ENGINES),
-    "--router-balance-abs-threshold": Refusal(ENGINES),
-    "--router-balance-rel-threshold": Refusal(ENGINES),
 }
 
 

@@ -1,0 +1,319 @@
+"""The default RL rollout: generate through the router in front of the inference engines, score, filter.
+
+`generate_rollout(args, rollout_id, data_source, evaluation=False)` is what `--rollout-function-path` names by
+default. Per rollout it keeps submitting prompt groups of `--n-samples-per-prompt` (in rounds of
+`--over-sampling-batch-size`) until `--rollout-batch-size` groups have passed `--dynamic-sampling-filter-path`,
+then aborts what is still in flight: with `--partial-rollout` the unfinished groups go back to the data source's
+buffer and continue later, otherwise they are dropped. The engines are real SGLang on GPUs and the CPU engine
+(`slime.backends.sglang_utils`) without; both sit behind `sglang-router` at `--sglang-router-ip:port`.
+
+Plugins reach `generate`, `generate_and_rm`, `generate_and_rm_group` and `GenerateState` by these names, as in slime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import inspect
+import logging
+import threading
+import time
+from argparse import Namespace
+from typing import Any, Awaitable, Callable
+
+from slime.rollout.base_types import RolloutFnEvalOutput, RolloutFnTrainOutput
+from slime.rollout.filter_hub.dynamic_sampling_filters import DynamicFilterOutput
+from slime.rollout.rm_hub import async_rm, batched_async_rm
+from slime.utils.data import Dataset
+from slime.utils.http_utils import get, post, router_url
+from slime.utils.misc import load_function, load_tokenizer
+from slime.utils.types import Sample
+
+logger = logging.getLogger(__name__)
+
+
+class GenerateState:
+    """Per-process state shared by every request of the rollout function (slime keeps it a singleton too)."""
+
+    _instance: GenerateState | None = None
+
+    def __init__(self, args: Namespace):
+        self.args = args
+        self.tokenizer = load_tokenizer(args.hf_checkpoint)
+        num_engines = max(1, (args.rollout_num_gpus or 1) // args.rollout_num_gpus_per_engine)
+        self.semaphore = asyncio.Semaphore(args.sglang_server_concurrency * num_engines)
+        self.sampling_params = sampling_params_from_args(args)
+        self.reset()
+
+    @classmethod
+    def get(cls, args: Namespace) -> GenerateState:
+        if cls._instance is None or cls._instance.args is not args:
+            cls._instance = cls(args)
+        return cls._instance
+
+    def reset(self) -> None:
+        self.aborted = False
+        self.remaining_batch_size = 0
+        self.pendings: set[asyncio.Task] = set()
+
+
+def sampling_params_from_args(args: Namespace, evaluation: bool = False) -> dict[str, Any]:
+    def pick(eval_value: Any, train_value: Any) -> Any:
+        return eval_value if evaluation and eval_value is not None else train_value
+
+    return {
+        "temperature": pick(getattr(args, "eval_temperature", None), args.rollout_temperature),
+        "top_p": pick(getattr(args, "eval_top_p", None), args.rollout_top_p),
+        "top_k": pick(getattr(args, "eval_top_k", None), args.rollout_top_k),
+        "max_new_tokens": pick(getattr(args, "eval_max_response_len", None), args.rollout_max_response_len),
+        "stop": args.rollout_stop,
+        "stop_token_ids": args.rollout_stop_token_ids,
+        "skip_special_tokens": args.rollout_skip_special_tokens,
+        "no_stop_trim": True,
+        "spaces_between_special_tokens": False,
+    }
+
+
+def _prompt_ids(state: GenerateState, sample: Sample) -> list[int]:
+    if sample.tokens:  # a partial rollout continues from where it stopped
+        return list(sample.tokens)
+    if not isinstance(sample.prompt, str):
+        raise ValueError(f"sample {sample.index}: the prompt is a message list; render it with --apply-chat-template")
+    return state.tokenizer.encode(sample.prompt, add_special_tokens=False)
+
+
+async def generate(args: Namespace, sample: Sample, sampling_params: dict[str, Any]) -> Sample:
+    """One request to the router; the response tokens, their log-probs and the finish reason grow the sample."""
+    state = GenerateState.get(args)
+    prompt_ids = _prompt_ids(state, sample)
+    if not sample.tokens:
+        sample.tokens = list(prompt_ids)
+    params = dict(sampling_params)
+    if params.get("max_new_tokens") is not None:
+        params["max_new_tokens"] -= sample.response_length
+        if params["max_new_tokens"] <= 0:
+            sample.status = Sample.Status.TRUNCATED
+            return sample
+    context_limit = args.rollout_max_context_len
+    if context_limit is not None:
+        room = context_limit - len(prompt_ids)
+        if room <= 0:
+            sample.status = Sample.Status.TRUNCATED
+            return sample
+        params["max_new_tokens"] = min(params.get("max_new_tokens") or room, room)
+    payload = {"input_ids": prompt_ids, "sampling_params": params, "return_logprob": True}
+    headers = {"X-SMG-Routing-Key": sample.session_id} if sample.session_id else None
+    output = await post(router_url(args, "/generate"), payload, headers=headers)
+    meta = output["meta_info"]
+    triples = meta.get("output_token_logprobs") or []
+    tokens = [int(t[1]) for t in triples]
+    log_probs = [float(t[0]) for t in triples]
+    if sample.rollout_log_probs is None and sample.response_length == 0:
+        sample.rollout_log_probs = []
+    sample.append_response_tokens(
+        tokens, log_probs=log_probs, text=output.get("text", ""),
+        finish_reason=meta["finish_reason"]["type"], weight_version=meta.get("weight_version"),
+    )
+    return sample
+
+
+async def _call_generate(args: Namespace, sample: Sample, sampling_params: dict[str, Any],
+                         evaluation: bool) -> Sample | list[Sample]:
+    path = sample.generate_function_path or args.custom_generate_function_path
+    if path is None:
+        return await generate(args, sample, sampling_params)
+    fn = load_function(path)
+    if "evaluation" in inspect.signature(fn).parameters:
+        return await fn(args, sample, sampling_params, evaluation=evaluation)
+    return await fn(args, sample, sampling_params)
+
+
+async def generate_and_rm(args: Namespace, sample: Sample, sampling_params: dict[str, Any],
+                          evaluation: bool = False) -> Sample | list[Sample]:
+    """Generate (unless already finished) and score one sample; aborted samples get no reward."""
+    state = GenerateState.get(args)
+    if args.partial_rollout and args.mask_offpolicy_in_partial_rollout and sample.response_length > 0:
+        # Tokens generated under an older policy stay in the context but are not trained.
+        sample.loss_mask = [0] * sample.response_length
+    if sample.status not in (Sample.Status.COMPLETED, Sample.Status.TRUNCATED):
+        async with state.semaphore:
+            if state.aborted:
+                sample.status = Sample.Status.ABORTED
+                return sample
+            sample = await _call_generate(args, sample, sampling_params, evaluation)
+    for hook_path in args.rollout_sample_hook_path or []:
+        load_function(hook_path)(args, sample)
+    samples = sample if isinstance(sample, list) else [sample]
+    if any(s.status == Sample.Status.ABORTED for s in samples) or args.group_rm:
+        return sample
+    if isinstance(sample, list):
+        for s, reward in zip(samples, await batched_async_rm(args, samples)):
+            s.reward = reward
+    elif sample.reward is None:
+        sample.reward = await async_rm(args, sample)
+    return sample
+
+
+async def generate_and_rm_group(args: Namespace, group: list[Sample], sampling_params: dict[str, Any],
+                                evaluation: bool = False) -> list[Sample]:
+    """A prompt's samples concurrently (each with its own seed when `--sglang-enable-deterministic-inference`);
+    with `--group-rm` they are scored together."""
+    state = GenerateState.get(args)
+    if state.aborted:
+        return group
+    tasks = []
+    for i, sample in enumerate(group):
+        params = dict(sampling_params)
+        if getattr(args, "sglang_enable_deterministic_inference", False):
+            params["sampling_seed"] = args.rollout_seed + i
+        tasks.append(generate_and_rm(args, sample, params, evaluation=evaluation))
+    group = list(await asyncio.gather(*tasks))
+    if args.group_rm and not any(s.status == Sample.Status.ABORTED for s in group):
+        for sample, reward in zip(group, await batched_async_rm(args, group)):
+            sample.reward = reward
+    return group
+
+
+def _filter(args: Namespace, group: list[Sample]) -> DynamicFilterOutput:
+    if args.dynamic_sampling_filter_path is None:
+        return DynamicFilterOutput(keep=True)
+    result = load_function(args.dynamic_sampling_filter_path)(args, group)
+    return result if isinstance(result, DynamicFilterOutput) else DynamicFilterOutput(keep=bool(result))
+
+
+async def abort(args: Namespace, rollout_id: int) -> list[list[Sample]]:
+    """Stop every request still in flight on every engine and collect the groups that come back."""
+    state = GenerateState.get(args)
+    state.aborted = True
+    workers = await get(router_url(args, "/workers"))
+    urls = [w["url"] if isinstance(w, dict) else w for w in workers.get("workers", workers.get("urls", []))]
+    await asyncio.gather(*(post(f"{url}/abort_request", {"abort_all": True}) for url in urls))
+    returned = []
+    for task in asyncio.as_completed(state.pendings):
+        group = await task
+        if args.partial_rollout:
+            for sample in group:
+                sample.metadata.setdefault("start_rollout_id", rollout_id)
+            returned.append(group)
+    state.pendings = set()
+    return returned
+
+
+async def generate_rollout_async(args: Namespace, rollout_id: int,
+                                 get_samples: Callable[[int], list[list[Sample]]]) -> tuple[list, dict, list]:
+    state = GenerateState.get(args)
+    state.reset()
+    target = args.rollout_batch_size
+    sampling_params = state.sampling_params
+    kept: list[list[Sample]] = []
+    drops: dict[str, int] = {}
+    started = time.perf_counter()
+    submitted = 0
+    while len(kept) < target:
+        while state.remaining_batch_size < target:
+            for group in get_samples(args.over_sampling_batch_size):
+                state.pendings.add(asyncio.create_task(generate_and_rm_group(args, group, sampling_params)))
+                submitted += 1
+            state.remaining_batch_size += args.over_sampling_batch_size
+        done, state.pendings = await asyncio.wait(state.pendings, return_when=asyncio.FIRST_COMPLETED)
+        for task in done:
+            group = task.result()
+            if len(group) != args.n_samples_per_prompt:
+                raise RuntimeError(f"a group came back with {len(group)} samples, not {args.n_samples_per_prompt}")
+            verdict = _filter(args, group)
+            short = state.remaining_batch_size <= target
+            if not verdict.keep and not (verdict.keep_when_insufficient and short):
+                state.remaining_batch_size -= 1
+                reason = verdict.reason or "filtered"
+                drops[reason] = drops.get(reason, 0) + 1
+                continue
+            if len(kept) < target:
+                kept.append(group)
+    generation_time = time.perf_counter() - started
+    recycled = await abort(args, rollout_id)
+    kept.sort(key=lambda group: group[0].index)
+    samples = [s for group in kept for s in group]
+    response_lengths = [s.response_length for s in samples]
+    rewards = [float(s.get_reward_value(args)) for s in samples]
+    metrics = {
+        "rollout/raw_reward": sum(rewards) / len(rewards),
+        "rollout/response_len/mean": sum(response_lengths) / len(samples),
+        "rollout/response_len/max": max(response_lengths),
+        "rollout/truncated": sum(s.status == Sample.Status.TRUNCATED for s in samples) / len(samples),
+        "rollout/groups_submitted": submitted,
+        "perf/generation_time": generation_time,
+        "perf/generation_tokens_per_s": sum(response_lengths) / max(generation_time, 1e-9),
+        **{f"rollout/dynamic_filter/drop_{reason}": count for reason, count in drops.items()},
+    }
+    return kept, metrics, recycled
+
+
+def _apply_sample_processors(args: Namespace, groups: list[list[Sample]], data_source: Any) -> None:
+    if args.rollout_sample_filter_path:
+        load_function(args.rollout_sample_filter_path)(args, groups)
+    if args.rollout_all_samples_process_path:
+        load_function(args.rollout_all_samples_process_path)(args, groups, data_source)
+
+
+_EVAL_DATASETS: dict[str, Dataset] = {}
+
+
+async def eval_rollout(args: Namespace, rollout_id: int) -> dict[str, dict[str, list[Any]]]:
+    """Every eval dataset, `--n-samples-per-eval-prompt` samples per prompt, with the eval sampling overrides."""
+    from slime.rollout.data_source import build_dataset
+
+    GenerateState.get(args).reset()
+    sampling_params = sampling_params_from_args(args, evaluation=True)
+    results = {}
+    for entry in args.eval_datasets:
+        name = entry["name"]
+        if name not in _EVAL_DATASETS:
+            _EVAL_DATASETS[name] = build_dataset(args, entry["path"])
+        prompts = _EVAL_DATASETS[name].samples(range(len(_EVAL_DATASETS[name])))
+        samples = []
+        for i, prompt in enumerate(prompts):
+            for j in range(args.n_samples_per_eval_prompt):
+                sample = copy.deepcopy(prompt)
+                sample.index, sample.group_index = i * args.n_samples_per_eval_prompt + j, i
+                samples.append(sample)
+        done = await asyncio.gather(*(generate_and_rm(args, s, sampling_params, evaluation=True) for s in samples))
+        key = args.eval_reward_key
+        results[name] = {
+            "rewards": [s.reward[key] if key else s.reward for s in done],
+            "truncated": [s.status == Sample.Status.TRUNCATED for s in done],
+            "samples": list(done),
+        }
+    return results
+
+
+class _LoopThread:
+    """One event loop on a background thread for the life of the process: the rollout manager calls
+    `generate_rollout` synchronously, while engines, aiohttp sessions and the semaphore live on this loop."""
+
+    _loop: asyncio.AbstractEventLoop | None = None
+    _lock = threading.Lock()
+
+    @classmethod
+    def run(cls, coroutine: Awaitable[Any]) -> Any:
+        with cls._lock:
+            if cls._loop is None:
+                cls._loop = asyncio.new_event_loop()
+                threading.Thread(target=cls._loop.run_forever, name="rollout-loop", daemon=True).start()
+        return asyncio.run_coroutine_threadsafe(coroutine, cls._loop).result()
+
+
+def generate_rollout(args: Namespace, rollout_id: int, data_source: Any,
+                     evaluation: bool = False) -> RolloutFnTrainOutput | RolloutFnEvalOutput:
+    if evaluation:
+        data = _LoopThread.run(eval_rollout(args, rollout_id))
+        metrics = {}
+        for name, result in data.items():
+            rewards = [float(r) for r in result["rewards"]]
+            metrics[f"eval/{name}"] = sum(rewards) / max(len(rewards), 1)
+            metrics[f"eval/{name}/truncated"] = sum(result["truncated"]) / max(len(rewards), 1)
+        return RolloutFnEvalOutput(data=data, metrics=metrics)
+    groups, metrics, recycled = _LoopThread.run(generate_rollout_async(args, rollout_id, data_source.get_samples))
+    if recycled:
+        data_source.add_samples(recycled)
+    _apply_sample_processors(args, groups, data_source)
+    return RolloutFnTrainOutput(samples=groups, metrics=metrics)

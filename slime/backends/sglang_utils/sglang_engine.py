@@ -88,7 +88,10 @@ class SGLangEngine:
             self.process = launch_cpu_engine(
                 self.args.hf_checkpoint, self.port, host=self.host, timeout=START_TIMEOUT_S,
                 extra_args=["--random-seed", str(seed), "--skip-server-warmup",
-                            "--max-running-requests", str(self.args.sglang_server_concurrency)])
+                            "--max-running-requests", str(self.args.sglang_server_concurrency)],
+                # One intra-op thread per engine unless asked otherwise: engines and trainers share this machine's
+                # cores, and oversubscribed OpenMP threads make small models' steps many times slower.
+                env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
         if self.router_url:
             requests.post(f"{self.router_url}/workers", json={"url": self.url}, timeout=30).raise_for_status()
         logger.info("engine %d serving %s at %s", self.rank, self.args.hf_checkpoint, self.url)

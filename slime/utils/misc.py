@@ -7,6 +7,7 @@ import functools
 import importlib
 import os
 import socket
+import sys
 from typing import Any, Callable
 
 from slime.utils.errors import UserError
@@ -71,3 +72,14 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as sock:
         sock.bind((host, 0))
         return sock.getsockname()[1]
+
+
+def terminate_with_parent() -> None:
+    """`preexec_fn` for server subprocesses: Linux sends the child SIGTERM when the process that started it dies, so a
+    killed actor (Ray kills with SIGKILL, which runs no cleanup) leaves no engine or router behind."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)

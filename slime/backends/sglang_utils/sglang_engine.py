@@ -21,7 +21,7 @@ from typing import Any
 import requests
 
 from slime.backends.sglang_utils.cpu_engine.launcher import CPUEngineStartError, launch_cpu_engine
-from slime.utils.misc import free_port
+from slime.utils.misc import free_port, terminate_with_parent
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,8 @@ class SGLangEngine:
         handle, log_path = tempfile.mkstemp(prefix=f"sglang_engine_{self.rank}_", suffix=".log")
         os.close(handle)
         with open(log_path, "ab") as log:
-            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            preexec_fn=terminate_with_parent)
         _wait_healthy(self.url, self.process, log_path, START_TIMEOUT_S)
 
     def alive(self) -> bool:
@@ -164,7 +165,8 @@ class Router:
         handle, self.log_path = tempfile.mkstemp(prefix="sglang_router_", suffix=".log")
         os.close(handle)
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            preexec_fn=terminate_with_parent)
         url = f"http://{args.sglang_router_ip}:{args.sglang_router_port}"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:

@@ -11,6 +11,8 @@ import urllib.error
 import urllib.request
 from typing import Sequence
 
+from slime.utils.misc import terminate_with_parent
+
 
 class CPUEngineStartError(RuntimeError):
     """The engine process died or never answered /health while starting."""
@@ -81,7 +83,7 @@ def launch_cpu_engine(model_path: str, port: int, *, host: str = "127.0.0.1", ex
            "--host", host, "--port", str(port), *extra_args]
     with open(log_path, "ab") as log:
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env={**os.environ, **(env or {})})
+                                   env={**os.environ, **(env or {})}, preexec_fn=terminate_with_parent)
     engine = CPUEngineProcess(process, host, port, model_path, log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

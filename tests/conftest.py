@@ -17,6 +17,11 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tools"))  # the test-asset fetcher lives outside the runtime package
 import fetch_assets as assets  # noqa: E402
 
+# The CPU engine fixtures (tests/backends/sglang_utils/engine_fixtures.py) are a plugin rather than a second
+# conftest.py: two modules named `conftest` would shadow each other for every `from conftest import ...`.
+sys.path.insert(0, str(REPO_ROOT / "tests" / "backends" / "sglang_utils"))
+pytest_plugins = ["engine_fixtures"]
+
 # Enough flags for parse_args to accept an SFT run; tests append their own.
 SFT_FLAGS = [
     "--rollout-function-path", "slime.rollout.sft_rollout.generate_rollout",

@@ -24,6 +24,7 @@ from megatron.core import parallel_state
 from slime.backends.megatron_utils.log_probs import vocab_parallel_log_probs
 from slime.utils.device import device, reduce_on_device
 from slime.utils.misc import load_function
+from slime.utils.ppo_utils import compute_approx_kl, compute_policy_loss
 
 LossFn = Callable[[Namespace, dict, torch.Tensor, Callable], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -77,18 +78,6 @@ def sft_loss_function(args: Namespace, batch: dict, logits: torch.Tensor, sum_of
     return loss, {"loss": loss.detach()}
 
 
-def compute_approx_kl(log_probs: torch.Tensor, base_log_probs: torch.Tensor, kind: str) -> torch.Tensor:
-    ratio = log_probs - base_log_probs
-    if kind == "k1":
-        return ratio
-    if kind == "k2":
-        return ratio**2 / 2
-    if kind in ("k3", "low_var_kl"):
-        kl = torch.exp(-ratio) - 1 + ratio
-        return kl.clamp(-10, 10) if kind == "low_var_kl" else kl
-    raise ValueError(f"unknown KL type {kind!r}")
-
-
 def policy_loss_function(args: Namespace, batch: dict, logits: torch.Tensor, sum_of_sample_mean: Callable):
     """PPO-style clipped policy gradient (GRPO/GSPO/REINFORCE++ differ in their advantages), entropy bonus, KL loss."""
     log_probs, entropy = get_log_probs_and_entropy(args, batch, logits, with_entropy=True)
@@ -101,13 +90,7 @@ def policy_loss_function(args: Namespace, batch: dict, logits: torch.Tensor, sum
         old = new.detach()  # one step per rollout: the current policy is the behaviour policy
     advantages = torch.cat(batch["advantages"]).to(new)
     ppo_kl = old - new
-    ratio = torch.exp(-ppo_kl)
-    unclipped = -ratio * advantages
-    clipped = -ratio.clamp(1 - args.eps_clip, 1 + args.eps_clip_high) * advantages
-    pg = torch.maximum(unclipped, clipped)
-    clipfrac = (clipped > unclipped).float()
-    if args.eps_clip_c is not None:
-        pg = torch.where(advantages < 0, torch.minimum(pg, -args.eps_clip_c * advantages), pg)
+    pg, clipfrac = compute_policy_loss(ppo_kl, advantages, args.eps_clip, args.eps_clip_high, args.eps_clip_c)
     pg_loss = sum_of_sample_mean(pg)
     entropy_loss = sum_of_sample_mean(torch.cat(entropy))
     loss = pg_loss - args.entropy_coef * entropy_loss

@@ -1,5 +1,6 @@
-"""CPU engine fixtures: two tiny Qwen3 checkpoints (different weights) and two engine servers on loopback, shared by
-this directory's tests and always stopped at the end of the session."""
+"""CPU engine fixtures, loaded as a pytest plugin by tests/conftest.py: two tiny Qwen3 checkpoints (different
+weights) and two engine servers on loopback, shared by this directory's tests and always stopped at the end of the
+session."""
 
 from __future__ import annotations
 

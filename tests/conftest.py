@@ -104,3 +104,12 @@ def megatron_world():
     init_distributed(args)
     yield
     destroy_distributed()
+
+
+@pytest.fixture(autouse=True)
+def _no_attention_backend_env(monkeypatch):
+    """Megatron writes NVTE_{FLASH,FUSED,UNFUSED}_ATTN into os.environ when a model is built with an explicit
+    --attention-backend (TE reads them) and asserts on a conflicting value: one process builds one model in a run,
+    but a test session builds many, and subprocesses inherit the environment. Each test starts without them."""
+    for name in ("NVTE_FLASH_ATTN", "NVTE_FUSED_ATTN", "NVTE_UNFUSED_ATTN"):
+        monkeypatch.delenv(name, raising=False)

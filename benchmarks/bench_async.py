@@ -1,5 +1,13 @@
-"""train_async.py against train.py with a rollout of known cost: async should approach max(train, rollout) per
-step, sync their sum. Both drivers run here, one after the other, on the same tiny SFT job (CPU, 1 trainer).
+"""train_async.py against train.py with a slow rollout: async should approach max(train, rollout) per step, sync
+their sum. Everything runs here, one run after the other, on the same tiny SFT job (CPU, 1 trainer):
+
+1. train only: train.py with the delay set to 0; seconds per rollout minus the (measured) duration of the
+   remaining SFT read = the training's cost per rollout, driver overhead included;
+2. train.py with the delay: its seconds per rollout, and the rollout's own duration (timed by the rollout
+   function itself while nothing else runs) = the rollout's cost;
+3. train_async.py with the delay.
+
+The expected values come from the costs measured in 1 and 2, not from the configured delay.
 
   python benchmarks/bench_async.py [--rollout-seconds 1.5] [--rollouts 12]
 """
@@ -10,6 +18,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -18,6 +27,7 @@ import time
 from datetime import datetime
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+WARM_UP = 2  # rollouts left out of the medians (first steps: allocations, caches)
 
 
 def run(command: list[str], **kwargs) -> str:
@@ -31,14 +41,13 @@ def step_intervals(output: str) -> list[float]:
     """Seconds between consecutive per-rollout log lines."""
     stamps = [datetime.strptime(m, "%Y-%m-%d %H:%M:%S,%f") for m in
               re.findall(r"^(\S+ \S+) INFO slime.ray.driver: rollout \d+/", output, re.M)]
-    intervals = [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:])]
-    return intervals
+    return [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:])]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rollout-seconds", type=float, default=1.5)
-    parser.add_argument("--rollouts", type=int, default=12)
+    parser.add_argument("--rollouts", type=int, default=12, help=f"Per run, {WARM_UP} of them warm-up.")
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results", "async.json"))
     options = parser.parse_args()
     work = tempfile.mkdtemp(prefix="bench_async_")
@@ -55,24 +64,43 @@ def main() -> None:
         "--calculate-per-token-loss", "--disable-compute-advantages-and-returns", "--debug-train-only",
         "--use-dynamic-batch-size", "--max-tokens-per-gpu", "4096", "--data-pad-size-multiplier", "8",
     ]
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": ROOT,
-           "SLOW_ROLLOUT_SECONDS": str(options.rollout_seconds)}
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": ROOT}
     report = {"date": time.strftime("%Y-%m-%d"), "rollout_seconds": options.rollout_seconds,
-              "rollouts": options.rollouts, "drivers": {}}
-    for driver in ("train.py", "train_async.py"):
+              "rollouts": options.rollouts, "warm_up_rollouts": WARM_UP, "runs": {}}
+    runs = (("train_only", "train.py", 0.0), ("train.py", "train.py", options.rollout_seconds),
+            ("train_async.py", "train_async.py", options.rollout_seconds))
+    for label, driver, delay in runs:
+        times, metrics = f"{work}/{label}_rollout_seconds.txt", f"{work}/{label}_metrics.jsonl"
         started = time.monotonic()
-        output = run([py, f"{ROOT}/{driver}", *flags], cwd=work, env=env)
-        intervals = step_intervals(output)
-        steady = intervals[2:] or intervals  # skip warm-up steps
-        report["drivers"][driver] = {
-            "median_seconds_per_rollout": round(statistics.median(steady), 3),
+        output = run([py, f"{ROOT}/{driver}", *flags, "--metrics-file", metrics], cwd=work,
+                     env={**env, "SLOW_ROLLOUT_SECONDS": str(delay), "SLOW_ROLLOUT_TIMES": times})
+        with open(times) as f:
+            durations = [float(line) for line in f]
+        with open(metrics) as f:
+            step_times = [r["train/step_time"] for r in map(json.loads, f) if "train/step_time" in r]
+        # Interval i ends with rollout i + 1's log line; skip the warm-up rollouts in both series.
+        report["runs"][label] = {
+            "median_seconds_per_rollout": round(statistics.median(step_intervals(output)[WARM_UP:]), 3),
+            "median_rollout_function_seconds": round(statistics.median(durations[WARM_UP + 1 :]), 3),
+            # The trainer's own optimizer-step time in this run: shows how much a busy machine slowed training.
+            "median_trainer_step_seconds": round(statistics.median(step_times[WARM_UP:]), 3),
             "wall_seconds": round(time.monotonic() - started, 1),
         }
-        print(driver, report["drivers"][driver], flush=True)
-    sync = report["drivers"]["train.py"]["median_seconds_per_rollout"]
-    asynchronous = report["drivers"]["train_async.py"]["median_seconds_per_rollout"]
-    report["train_seconds_per_rollout_estimate"] = round(sync - options.rollout_seconds, 3)
-    report["async_over_sync"] = round(asynchronous / sync, 3)
+        print(label, report["runs"][label], flush=True)
+    runs = report["runs"]
+    train = runs["train_only"]["median_seconds_per_rollout"] - runs["train_only"]["median_rollout_function_seconds"]
+    rollout = runs["train.py"]["median_rollout_function_seconds"]
+    sync, asynchronous = (runs[d]["median_seconds_per_rollout"] for d in ("train.py", "train_async.py"))
+    report.update({
+        "measured_train_seconds_per_rollout": round(train, 3),
+        "measured_rollout_seconds": rollout,
+        "expected_sync_seconds_per_rollout": round(train + rollout, 3),
+        "expected_async_seconds_per_rollout": round(max(train, rollout), 3),
+        "sync_over_expected": round(sync / (train + rollout), 3),
+        "async_over_expected": round(asynchronous / max(train, rollout), 3),
+        "async_over_sync": round(asynchronous / sync, 3),
+    })
+    shutil.rmtree(work, ignore_errors=True)
     os.makedirs(os.path.dirname(options.output), exist_ok=True)
     with open(options.output, "w") as f:
         json.dump(report, f, indent=2)

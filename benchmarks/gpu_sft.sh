@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One GPU: a Qwen3-4B-shaped model (random weights), a fixed number of steps, ours and TRL side by side:
-# tokens/s/GPU and MFU for both, plus our trainer alone (bench_train.py). Under 8 minutes on an H100/H200.
+# One GPU: a Qwen3-4B-shaped model (random weights), a fixed number of steps, ours and TRL (padded, padding-free,
+# packed) side by side: tokens/s/GPU and MFU for each, plus our trainer alone (bench_train.py). Not yet run on a
+# GPU (none has been available to this work), so its duration there is unmeasured.
 #   bash benchmarks/gpu_sft.sh            # on a GPU
 #   bash benchmarks/gpu_sft.sh --tiny     # anywhere (CPU): the same commands on a tiny shape, so the script does not rot
 set -euo pipefail

@@ -6,9 +6,18 @@ each step), optimizer (Adam, no weight decay, grad-norm clip 1.0), constant lear
 steps. Each trainer runs in its own process (peak memory is per process). Reported side by side: loss per step,
 tokens/s, wall time, peak memory, and the fraction of computed tokens that are padding.
 
+TRL runs in three configurations, each in its own process:
+- `padded`: SFTTrainer's defaults (each batch padded to its longest conversation);
+- `padding_free`: `padding_free=True`, the same batches flattened into one sequence without padding (TRL documents
+  it for FlashAttention; on CPU transformers' SDPA path separates the sequences by their position ids, and this
+  run's losses equal `padded`'s, which shows it);
+- `packed`: `packing=True` (best-fit-decreasing packs of up to --max-train-length tokens, padding-free), one pack per
+  step (--pack-batch-size), so about as many tokens per step as the others. Its batches hold other conversations,
+  so its losses are not comparable step by step; its throughput is.
+
 TRL's `assistant_only_loss` needs `{% generation %}` markers and refuses to patch this Qwen3 template, so TRL gets the
 conversations pre-tokenised with `input_ids` + `assistant_masks` (our single-render masks, which equal the
-template's tokens); its own label building, padding collator and loss reduction then do the rest.
+template's tokens); its own label building, collator and loss reduction then do the rest.
 
   python benchmarks/sft_vs_trl.py                          # CPU: a small Qwen3 (4 layers, hidden 256)
   python benchmarks/sft_vs_trl.py --shape qwen3-4b --steps 8  # one GPU: Qwen3-4B-shaped (benchmarks/gpu_sft.sh)
@@ -23,7 +32,7 @@ import json
 import os
 import re
 import resource
-import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -46,7 +55,6 @@ def build_inputs(work: str, conversations: int, shape: str, max_train_length: in
     `max_train_length` tokens, in order), every conversation's length for the packing study, one HF checkpoint."""
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import shutil
     import torch
     import transformers
 
@@ -104,7 +112,9 @@ def run_ours(work: str, options: argparse.Namespace) -> dict:
     steps = [json.loads(line) for line in open(f"{work}/ours.jsonl") if '"train/loss"' in line]
     return {
         "losses": [s["train/loss"] for s in steps],
-        "tokens_per_s": statistics.median(s["train/tokens_per_s"] for s in steps[1:] or steps),
+        # As for TRL: all real tokens of all steps (the first included) over the training time.
+        "tokens_per_s": sum(s["train/tokens_per_s"] * s["train/step_time"] for s in steps)
+        / sum(s["train/step_time"] for s in steps),
         "train_seconds": sum(s["train/step_time"] for s in steps),
         "wall_seconds": time.monotonic() - started,
         "peak_memory_gb": max(s["train/peak_rss_gb"] for s in steps),
@@ -113,8 +123,11 @@ def run_ours(work: str, options: argparse.Namespace) -> dict:
     }
 
 
+TRL_MODES = ("padded", "padding_free", "packed")
+
+
 def trl_worker(work: str, options: argparse.Namespace) -> dict:
-    """Runs inside its own process (see main)."""
+    """Runs inside its own process (see main), in configuration `options.trl_mode`."""
     import datasets
     import torch
     import transformers
@@ -123,12 +136,15 @@ def trl_worker(work: str, options: argparse.Namespace) -> dict:
     started = time.monotonic()
     dataset = datasets.load_dataset("json", data_files=f"{work}/tokenized.jsonl", split="train")
     model = transformers.AutoModelForCausalLM.from_pretrained(f"{work}/model", dtype=torch.float32)
+    packed = options.trl_mode == "packed"
     config = SFTConfig(
-        output_dir=f"{work}/trl", per_device_train_batch_size=options.batch_size, max_steps=options.steps,
+        output_dir=f"{work}/trl", max_steps=options.steps,
+        per_device_train_batch_size=options.pack_batch_size if packed else options.batch_size,
         learning_rate=options.lr, lr_scheduler_type="constant", warmup_steps=0, weight_decay=0.0, adam_beta1=0.9,
         adam_beta2=0.999, adam_epsilon=1e-8, max_grad_norm=1.0, use_cpu=not torch.cuda.is_available(),
         bf16=torch.cuda.is_available(), report_to=[], logging_steps=1, save_strategy="no",
-        train_sampling_strategy="sequential", packing=False, max_length=None, dataloader_num_workers=0,
+        train_sampling_strategy="sequential", dataloader_num_workers=0, packing=packed,
+        padding_free=options.trl_mode == "padding_free", max_length=options.max_train_length if packed else None,
     )
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset,
                          processing_class=transformers.AutoTokenizer.from_pretrained(f"{work}/model"))
@@ -137,7 +153,9 @@ def trl_worker(work: str, options: argparse.Namespace) -> dict:
 
     def recording_compute_loss(model, inputs, *args, **kwargs):
         # HF rounds logged losses to 4 decimals; record them exactly, with the batch's padding.
-        real_tokens[0] += int(inputs["attention_mask"].sum()) if "attention_mask" in inputs else inputs["input_ids"].numel()
+        # Padding-free batches carry no attention mask and no padding here (TRL pads them only on Neuron).
+        mask = inputs.get("attention_mask")
+        real_tokens[0] += int(mask.sum()) if mask is not None else inputs["input_ids"].numel()
         padded_tokens[0] += inputs["input_ids"].numel()
         loss = compute_loss(model, inputs, *args, **kwargs)
         losses.append(float((loss[0] if isinstance(loss, tuple) else loss).detach()))
@@ -157,7 +175,9 @@ def trl_worker(work: str, options: argparse.Namespace) -> dict:
 
 def packing_efficiency(work: str, options: argparse.Namespace) -> dict:
     """Padding fraction of micro-batches on the long-tailed length distribution: ours (dynamic batch size, pad to
-    a multiple of 128) against TRL's padded batches and TRL's packed sequences (BFD to max_length)."""
+    a multiple of 128) against TRL's padded batches; TRL's padding-free modes (`padding_free`, and `packing`,
+    which turns padding-free on for its BFD strategies) compute no padding, but BFD packing truncates what does not
+    fit in --pack-length."""
     import datasets
     from trl.data_utils import pack_dataset
 
@@ -173,16 +193,11 @@ def packing_efficiency(work: str, options: argparse.Namespace) -> dict:
     trl_padded = sum(max(b) * len(b) for b in batches)
     packed = pack_dataset(datasets.Dataset.from_dict({"input_ids": [[0] * n for n in lengths]}),
                           seq_length=options.pack_length, strategy="bfd")
-    pack_lengths = [len(x) for x in packed["input_ids"]]
-    # TRL's packed batches are padded to the longest pack in the batch unless padding_free is set.
-    pack_batches = [pack_lengths[i : i + options.batch_size] for i in range(0, len(pack_lengths), options.batch_size)]
-    trl_packed = sum(max(b) * len(b) for b in pack_batches)
     return {
         "sequences": len(lengths), "mean_length": round(real / len(lengths), 1), "max_length": max(lengths),
         "ours_dynamic_batch": round(ours_pad / (real + ours_pad), 4),
         "trl_padded": round(1 - real / trl_padded, 4),
-        "trl_packed_bfd": round(1 - sum(pack_lengths) / trl_packed, 4),
-        "trl_packed_tokens_dropped_by_truncation": real - sum(pack_lengths),
+        "trl_packed_tokens_dropped_by_truncation": real - sum(len(x) for x in packed["input_ids"]),
     }
 
 
@@ -215,41 +230,52 @@ def main() -> None:
     parser.add_argument("--max-train-length", type=int, default=1024, help="Train on conversations up to this long.")
     parser.add_argument("--max-tokens-per-gpu", type=int, default=9216, help="Packing study: our token budget.")
     parser.add_argument("--pack-length", type=int, default=2048, help="Packing study: TRL's packed max_length.")
+    parser.add_argument("--pack-batch-size", type=int, default=1, help="TRL packed: packs per step.")
+    parser.add_argument("--trl-modes", default=",".join(TRL_MODES), help="TRL configurations to run, comma-separated.")
     parser.add_argument("--output", default=os.path.join(ROOT, "benchmarks", "results", "sft_vs_trl.json"))
     parser.add_argument("--work-dir", default=None)
     parser.add_argument("--trl-worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--trl-mode", choices=TRL_MODES, default="padded", help=argparse.SUPPRESS)
     options = parser.parse_args()
     if options.trl_worker:
         print("TRL_RESULT " + json.dumps(trl_worker(options.work_dir, options)))
         return
+    modes = options.trl_modes.split(",")
+    if not modes or not set(modes) <= set(TRL_MODES):
+        parser.error(f"--trl-modes: choose from {', '.join(TRL_MODES)}")
     work = options.work_dir or tempfile.mkdtemp(prefix="sft_vs_trl_")
     build_inputs(work, max(options.conversations, 2 * options.steps * options.batch_size), options.shape,
                  options.max_train_length)
     ours = run_ours(work, options)
-    child = subprocess.run([sys.executable, __file__, "--trl-worker", "--work-dir", work,
-                            *[f"--{k.replace('_', '-')}={v}" for k, v in vars(options).items()
-                              if k not in ("trl_worker", "work_dir", "output")]],
-                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
-    match = re.search(r"^TRL_RESULT (.*)$", child.stdout, re.M)
-    if not match:
-        sys.exit(f"TRL run failed:\n{child.stdout[-2000:]}{child.stderr[-4000:]}")
-    trl = json.loads(match[1])
+    passed_on = {k: v for k, v in vars(options).items() if k not in ("trl_worker", "trl_mode", "work_dir", "output")}
+    trl = {}
+    for mode in modes:
+        child = subprocess.run([sys.executable, __file__, "--trl-worker", "--work-dir", work, "--trl-mode", mode,
+                                *[f"--{k.replace('_', '-')}={v}" for k, v in passed_on.items()]],
+                               capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ROOT})
+        match = re.search(r"^TRL_RESULT (.*)$", child.stdout, re.M)
+        if not match:
+            sys.exit(f"TRL run ({mode}) failed:\n{child.stdout[-2000:]}{child.stderr[-4000:]}")
+        trl[mode] = json.loads(match[1])
     import torch
     import trl as trl_package
 
-    add_mfu(work, options, ours, trl)
+    add_mfu(work, options, ours, *trl.values())
     report = {
         "date": time.strftime("%Y-%m-%d"),
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({os.cpu_count()} cores)",
         "versions": {"torch": torch.__version__, "trl": trl_package.__version__},
-        "config": {k: v for k, v in vars(options).items() if k not in ("trl_worker", "work_dir", "output")},
+        "config": passed_on,
         "ours": ours,
         "trl": trl,
-        "first_step_loss_abs_diff": abs(ours["losses"][0] - trl["losses"][0]),
-        "max_step_loss_abs_diff": max(abs(a - b) for a, b in zip(ours["losses"], trl["losses"])),
-        "tokens_per_s_ratio_ours_over_trl": ours["tokens_per_s"] / trl["tokens_per_s"],
+        # Packed TRL trains other batches (packs), so only the unpacked modes are compared step by step.
+        "max_step_loss_abs_diff": {mode: max(abs(a - b) for a, b in zip(ours["losses"], trl[mode]["losses"]))
+                                   for mode in trl if mode != "packed"},
+        "tokens_per_s_ratio_ours_over_trl": {mode: ours["tokens_per_s"] / r["tokens_per_s"] for mode, r in trl.items()},
         "padding": packing_efficiency(work, options),
     }
+    if not options.work_dir:  # ours to remove (a model, its checkpoint, the data)
+        shutil.rmtree(work, ignore_errors=True)
     os.makedirs(os.path.dirname(options.output), exist_ok=True)
     with open(options.output, "w") as f:
         json.dump(report, f, indent=2)

@@ -4,9 +4,12 @@
 # Installs what is missing (a .venv with the CPU build of torch), builds a small chat task (reverse a list of
 # words) with examples/quickstart/make_task.py, converts it with tools/prepare_openhermes.py, makes a small
 # Qwen3-architecture model, trains it with sft_loss and per-token averaging, saves a checkpoint and an HF export,
-# and compares greedy answers on held-out prompts before and after. Outputs go to $OUT (outputs/quickstart).
+# and compares greedy answers on held-out prompts before and after. Outputs go to $OUT (outputs/quickstart); the
+# figures (times, tokens/s, losses, accuracy before/after) to $RESULTS (benchmarks/results/quickstart.json).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+SECONDS=0
+INSTALLED=0
 
 if [ -f .venv/bin/activate ]; then . .venv/bin/activate; fi
 if ! python3 -c "import slime, torch, megatron.core, ray, transformers, pyarrow, gguf" 2>/dev/null; then
@@ -16,11 +19,13 @@ if ! python3 -c "import slime, torch, megatron.core, ray, transformers, pyarrow,
     python3 -m pip install -q -U pip
     python3 -m pip install -q torch==2.13.0
     python3 -m pip install -q -e ".[assets]"   # assets: the GGUF reader that unpacks the SmolLM2 tokenizer
+    INSTALLED=1
 fi
 
 export RAY_AUTH_MODE=${RAY_AUTH_MODE:-disabled} PYTHONUNBUFFERED=1 PYTHONWARNINGS=ignore
 OUT=${OUT:-outputs/quickstart}
 ROLLOUTS=${ROLLOUTS:-150}
+RESULTS=${RESULTS:-benchmarks/results/quickstart.json}
 mkdir -p "$OUT"
 
 echo "== data: the task in ShareGPT form, converted to messages parquet by the real converter"
@@ -36,7 +41,7 @@ python3 examples/quickstart/evaluate.py --model "$OUT/init_model" --prompts "$OU
     | tee "$OUT/before.txt"
 
 echo "== training: train_async.py, 2 CPU trainers"
-rm -rf "$OUT/ckpt" "$OUT/hf"
+rm -rf "$OUT/ckpt" "$OUT/hf" "$OUT/metrics.jsonl"
 python3 train_async.py \
     --actor-num-nodes 1 --actor-num-gpus-per-node 2 \
     --hf-checkpoint "$OUT/init_model" --ref-load "$OUT/init_model" --load "$OUT/ckpt" \
@@ -48,21 +53,11 @@ python3 train_async.py \
     --optimizer adam --lr 3e-3 --lr-decay-style cosine --min-lr 3e-4 --lr-warmup-fraction 0.05 \
     --weight-decay 0.0 --adam-beta1 0.9 --adam-beta2 0.95 --attention-dropout 0.0 --hidden-dropout 0.0 \
     --eval-prompt-data validation "$OUT/data/validation.parquet" --eval-interval 50 \
-    --save "$OUT/ckpt" --save-interval "$ROLLOUTS" --save-hf "$OUT/hf" \
+    --save "$OUT/ckpt" --save-interval "$ROLLOUTS" --save-hf "$OUT/hf" --metrics-file "$OUT/metrics.jsonl" \
     2>&1 | tee "$OUT/train.log"
 
 echo "== after training: greedy answers on the same held-out prompts"
 python3 examples/quickstart/evaluate.py --model "$OUT/hf" --prompts "$OUT/data/held_out.json" | tee "$OUT/after.txt"
 
-python3 - "$OUT" <<'PY'
-import json, re, sys
-out = sys.argv[1]
-log = open(f"{out}/train.log").read()
-done = re.search(r"done: (.*)", log)[1]
-before = json.loads(open(f"{out}/before.txt").read().splitlines()[-1])
-after = json.loads(open(f"{out}/after.txt").read().splitlines()[-1])
-print("\n== summary")
-print(f"training: {done}")
-print(f"held-out accuracy: {before['accuracy']:.0%} before -> {after['accuracy']:.0%} after ({after['total']} prompts)")
-print(f"outputs: checkpoint {out}/ckpt, HF export {out}/hf, log {out}/train.log")
-PY
+python3 examples/quickstart/summarize.py --out "$OUT" --results "$RESULTS" --script-seconds "$SECONDS" \
+    --installed "$INSTALLED"

@@ -32,7 +32,10 @@ def main() -> None:
         vocab_size=len(tokenizer), hidden_size=args.hidden_size, intermediate_size=4 * args.hidden_size,
         num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=2, head_dim=args.hidden_size // 4,
         max_position_embeddings=512, rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=True,
-        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tokenizer.pad_token_id,
+        # No pad_token_id: SmolLM2's pad token is <|im_end|>, and transformers zero-initialises the embedding row of
+        # the pad token. A zero row of a trained token gets a ~1/sqrt(rms_norm_eps) = 1000x gradient through the
+        # first RMSNorm (Megatron, like slime, has no frozen padding row); generation passes the pad id itself.
+        eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"), pad_token_id=None,
     )
     model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     model.save_pretrained(args.output_dir)

@@ -7,7 +7,7 @@ import os
 import torch.distributed as dist
 
 from slime.backends.megatron_utils.loss import sft_loss_function
-from slime.rollout.sft_rollout import generate_rollout as sft_generate_rollout
+from slime.rollout.sft_rollout import generate_rollout as sft_generate_rollout, sft_dataset_checks
 
 _calls = {"loss": 0}
 
@@ -25,3 +25,7 @@ def rollout_failing_at(args, rollout_id, data_source, evaluation=False):
     if rollout_id == int(os.environ.get("FAIL_AT_ROLLOUT", "-1")):
         raise RuntimeError(f"simulated crash at rollout {rollout_id}")
     return sft_generate_rollout(args, rollout_id, data_source, evaluation)
+
+
+# The SFT reader's row checks, declared so this wrapper is an SFT rollout as the reader is.
+rollout_failing_at.dataset_checks = sft_dataset_checks

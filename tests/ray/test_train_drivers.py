@@ -3,13 +3,18 @@ crash, failures that end the run with their traceback, and a custom rollout func
 
 from __future__ import annotations
 
+import contextlib
+import json
+import math
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
+import uuid
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -62,6 +67,61 @@ def run_driver(script, flags, cwd, env_extra=None, timeout=600):
     return result.returncode, result.stdout + result.stderr, time.monotonic() - started
 
 
+# Set in the environment of a process that starts Ray: Ray's daemons inherit it, which tells this test's Ray apart
+# from any other Ray on the machine (other tests, other users).
+RAY_TAG = "SLIME_TEST_RAY_TAG"
+
+
+def own_ray_processes(tag: str, roots: tuple[int, ...] = ()) -> set[psutil.Process]:
+    """The live processes started under `tag`: those whose environment carries it, the `roots`, and all their
+    descendants (Ray workers rename themselves, which overwrites their environment, but they are raylet's
+    children)."""
+    found = set()
+    for process in psutil.process_iter():
+        try:
+            if process.environ().get(RAY_TAG) == tag:
+                found.add(process)
+        except psutil.Error:  # other users' processes, or gone meanwhile
+            continue
+    for pid in roots:
+        with contextlib.suppress(psutil.Error):
+            found.add(psutil.Process(pid))
+    for process in list(found):
+        with contextlib.suppress(psutil.Error):
+            found.update(process.children(recursive=True))
+    return {p for p in found if is_alive(p)}
+
+
+def is_alive(process: psutil.Process) -> bool:
+    """Running, and the same process (psutil compares start times, so a reused pid does not count)."""
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def command_line(process: psutil.Process) -> str:
+    try:
+        return " ".join(process.cmdline())
+    except psutil.Error:
+        return "(gone)"
+
+
+def stop_processes(processes: set[psutil.Process], grace: float = 10) -> None:
+    """SIGTERM, then SIGKILL for what is still running after `grace` seconds (zombies count as stopped: an
+    orphan's exit status may never be collected in a container without a reaping init)."""
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(is_alive(p) for p in processes):
+        time.sleep(0.2)
+    for process in processes:
+        if is_alive(process):
+            with contextlib.suppress(psutil.Error):
+                process.kill()
+
+
 def summary(output):
     match = re.search(r"done: first_loss ([\d.]+), last_loss ([\d.]+)", output)
     assert match, output[-3000:]
@@ -72,7 +132,9 @@ def test_train_py_one_actor_learns_and_checkpoints(quick_task, tmp_path):
     code, output, _ = run_driver("train.py", sft_flags(quick_task, tmp_path, 1, 8, "--save-interval", "4"), tmp_path)
     assert code == 0, output[-4000:]
     first, last = summary(output)
-    assert last < 0.8 * first
+    # A random initialisation predicts uniformly: ln(49,152) = 10.80 for SmolLM2's vocabulary. Measured: 10.78
+    # -> 3.84 in 8 rollouts.
+    assert abs(first - math.log(49152)) < 0.3 and last < 0.5 * first
     assert (tmp_path / "ckpt" / "latest_checkpointed_iteration.txt").read_text() == "7"
     assert (tmp_path / "ckpt" / "iter_0000003").is_dir() and (tmp_path / "ckpt" / "iter_0000007").is_dir()
     assert (tmp_path / "ckpt" / "rollout" / "global_dataset_state_dict_7.pt").exists()
@@ -87,9 +149,34 @@ def test_train_async_two_actors_with_validation_loss(quick_task, tmp_path):
     code, output, _ = run_driver("train_async.py", flags, tmp_path)
     assert code == 0, output[-4000:]
     first, last = summary(output)
-    assert last < 0.8 * first
+    assert last < 0.5 * first  # measured: 10.78 -> 3.84, as with one trainer
     evals = [float(v) for v in re.findall(r"eval after rollout \d+: eval/val/loss ([\d.]+)", output)]
-    assert len(evals) == 2 and evals[1] < evals[0]
+    assert len(evals) == 2 and evals[1] < 0.6 * evals[0], evals  # measured: 7.08 -> 3.22
+
+
+@pytest.mark.parametrize("driver, overlaps", [("train_async.py", True), ("train.py", False)])
+def test_only_train_async_generates_the_next_rollout_during_training(quick_task, tmp_path, driver, overlaps):
+    """Timestamps from the rollout function and from the trainer's loss (tests/ray/timing_plugins.py): with
+    train_async.py rollout N+1 starts before training N has left its loss (so before its backward and optimizer
+    step); with train.py, the control, only after."""
+    log = tmp_path / "timing.jsonl"
+    rollouts = 4
+    flags = sft_flags(quick_task, tmp_path, 1, rollouts, "--rollout-function-path", "timing_plugins.timed_rollout",
+                      "--loss-type", "custom_loss", "--custom-loss-function-path", "timing_plugins.timed_loss")
+    code, output, _ = run_driver(driver, flags, tmp_path, {"TIMING_LOG": str(log)})
+    assert code == 0, output[-4000:]
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    starts = {e["rollout_id"]: e["time"] for e in events if e["event"] == "rollout_start"}
+    ends = {e["rollout_id"]: e["time"] for e in events if e["event"] == "rollout_end"}
+    enters = [e["time"] for e in events if e["event"] == "loss_enter"]
+    exits = [e["time"] for e in events if e["event"] == "loss_exit"]
+    # 16 short conversations fit one micro-batch of --max-tokens-per-gpu 1024, and there is no evaluation: the
+    # trainer's k-th loss call is rollout k's training.
+    assert sorted(starts) == sorted(ends) == list(range(rollouts)) and len(enters) == len(exits) == rollouts
+    for n in range(rollouts):
+        assert ends[n] < enters[n]  # a rollout is trained on only once it is complete
+    for n in range(rollouts - 1):
+        assert (starts[n + 1] < exits[n]) == overlaps, (n, starts[n + 1] - exits[n])
 
 
 def test_resume_after_a_crash_equals_the_uninterrupted_run(quick_task, tmp_path):
@@ -109,7 +196,8 @@ def test_resume_after_a_crash_equals_the_uninterrupted_run(quick_task, tmp_path)
     code, output, _ = run_driver("train_async.py", flags(interrupted), interrupted)  # the same command again
     assert code == 0, output[-4000:]
     assert "rollout 5/6" in output and "rollout 4/6" not in output  # continued at rollout 4 (0-based)
-    expected, resumed = load_file(straight / "hf_5" / "model.safetensors"), load_file(interrupted / "hf_5" / "model.safetensors")
+    expected = load_file(straight / "hf_5" / "model.safetensors")
+    resumed = load_file(interrupted / "hf_5" / "model.safetensors")
     for name, tensor in expected.items():
         assert torch.equal(resumed[name], tensor), name
 
@@ -134,23 +222,36 @@ def test_custom_rollout_function_by_path(quick_task, tmp_path):
     code, output, _ = run_driver("train.py", flags, REPO_ROOT)
     assert code == 0, output[-4000:]
     first, last = summary(output)
-    assert last < first
+    assert first - last > 0.8, (first, last)  # measured: 10.79 -> 9.28 at this small learning rate
 
 
-def test_ctrl_c_stops_the_run_and_ray(quick_task, tmp_path):
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO_ROOT)}
+def test_ctrl_c_stops_the_run_and_its_ray(quick_task, tmp_path):
+    tag = uuid.uuid4().hex
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(REPO_ROOT),
+           RAY_TAG: tag}
     process = subprocess.Popen([sys.executable, str(REPO_ROOT / "train_async.py"),
                                 *sft_flags(quick_task, tmp_path, 1, 200)], cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines = []
-    for line in process.stdout:
-        lines.append(line)
-        if "rollout 2/200" in line:
-            break
-    process.send_signal(signal.SIGINT)
-    output = "".join(lines) + process.communicate(timeout=60)[0]
-    assert process.returncode != 0 and "interrupted: stopping the trainers and Ray" in output
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and subprocess.run(["pgrep", "-f", "gcs_server"], capture_output=True).stdout:
-        time.sleep(1)
-    assert not subprocess.run(["pgrep", "-f", "gcs_server"], capture_output=True).stdout, "Ray is still running"
+    ours = set()
+    try:
+        lines = []
+        for line in process.stdout:
+            lines.append(line)
+            if "rollout 2/200" in line:
+                break
+        # While it trains: this run's Ray (the driver's descendants and whatever carries its tag), and only it.
+        ours = own_ray_processes(tag, roots=(process.pid,)) - {psutil.Process(process.pid)}
+        commands = [command_line(p) for p in ours]
+        assert any("gcs_server" in c for c in commands) and any("raylet" in c for c in commands), commands
+        assert any(c.startswith("ray::") for c in commands), commands  # the actors' worker processes
+        process.send_signal(signal.SIGINT)
+        output = "".join(lines) + process.communicate(timeout=60)[0]
+        assert process.returncode != 0 and "interrupted: stopping the trainers and Ray" in output
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and any(is_alive(p) for p in ours):
+            time.sleep(0.5)
+        left = [f"{p.pid} {command_line(p)[:100]}" for p in ours | own_ray_processes(tag) if is_alive(p)]
+        assert not left, f"this run's Ray processes are still running: {left}"
+    finally:
+        process.kill()
+        stop_processes(ours | own_ray_processes(tag))

@@ -34,7 +34,9 @@ def _client() -> httpx.AsyncClient:
     loop_id = id(asyncio.get_running_loop())
     if loop_id not in _clients:
         limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-        _clients[loop_id] = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None, connect=30.0))
+        # trust_env=False: the router is on the cluster's network, never behind the environment's HTTP proxy.
+        _clients[loop_id] = httpx.AsyncClient(limits=limits, timeout=httpx.Timeout(None, connect=30.0),
+                                              trust_env=False)
     return _clients[loop_id]
 
 

@@ -20,10 +20,14 @@ from typing import Any
 
 import requests
 
-from slime.backends.sglang_utils.cpu_engine.launcher import CPUEngineStartError, launch_cpu_engine
-from slime.utils.misc import free_port, terminate_with_parent
+from slime.backends.sglang_utils.cpu_engine.launcher import launch_cpu_engine, start_server
+from slime.utils.misc import free_port
 
 logger = logging.getLogger(__name__)
+# Engines and the router are on this node or the cluster's network: never reach them through an HTTP proxy that
+# the environment may configure for the outside world.
+_HTTP = requests.Session()
+_HTTP.trust_env = False
 
 START_TIMEOUT_S = 600.0
 # Flags slime sets itself; a --sglang-<same> pass-through would contradict them.
@@ -46,22 +50,6 @@ def _passthrough_flags(args: Namespace) -> list[str]:
         elif value is not False and value is not None:
             flags += [flag, str(value)]
     return flags
-
-
-def _wait_healthy(url: str, process: subprocess.Popen, log_path: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise CPUEngineStartError(f"SGLang server {url} exited with code {process.returncode} while starting "
-                                      f"(log: {log_path})")
-        try:
-            if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(1.0)
-    process.kill()
-    raise CPUEngineStartError(f"SGLang server {url} was not healthy after {timeout:.0f} s (log: {log_path})")
 
 
 class SGLangEngine:
@@ -93,7 +81,7 @@ class SGLangEngine:
                 # cores, and oversubscribed OpenMP threads make small models' steps many times slower.
                 env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
         if self.router_url:
-            requests.post(f"{self.router_url}/workers", json={"url": self.url}, timeout=30).raise_for_status()
+            _HTTP.post(f"{self.router_url}/workers", json={"url": self.url}, timeout=30).raise_for_status()
         logger.info("engine %d serving %s at %s", self.rank, self.args.hf_checkpoint, self.url)
         return self.url
 
@@ -104,10 +92,8 @@ class SGLangEngine:
                "--trust-remote-code", "--skip-server-warmup", *_passthrough_flags(self.args)]
         handle, log_path = tempfile.mkstemp(prefix=f"sglang_engine_{self.rank}_", suffix=".log")
         os.close(handle)
-        with open(log_path, "ab") as log:
-            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            preexec_fn=terminate_with_parent)
-        _wait_healthy(self.url, self.process, log_path, START_TIMEOUT_S)
+        self.process = start_server(cmd, self.url, f"SGLang server for {self.args.hf_checkpoint} at {self.url}",
+                                    log_path, START_TIMEOUT_S)
 
     def alive(self) -> bool:
         process = self.process.process if hasattr(self.process, "process") else self.process
@@ -115,13 +101,13 @@ class SGLangEngine:
 
     def health_generate(self, timeout: float = 30.0) -> bool:
         try:
-            return requests.get(f"{self.url}/health_generate", timeout=timeout).status_code == 200
+            return _HTTP.get(f"{self.url}/health_generate", timeout=timeout).status_code == 200
         except requests.RequestException:
             return False
 
     def call(self, endpoint: str, payload: dict[str, Any] | None = None, method: str = "POST") -> Any:
         """One request to this engine's HTTP API (weight updates, pause/continue, flush_cache, ...)."""
-        response = requests.request(method, f"{self.url}/{endpoint.lstrip('/')}", json=payload, timeout=3600)
+        response = _HTTP.request(method, f"{self.url}/{endpoint.lstrip('/')}", json=payload, timeout=3600)
         if response.status_code >= 400:
             raise RuntimeError(f"engine {self.rank} {endpoint}: HTTP {response.status_code}: {response.text[:500]}")
         return response.json() if response.content else None
@@ -129,7 +115,7 @@ class SGLangEngine:
     def shutdown(self) -> None:
         if self.router_url:
             try:
-                requests.delete(f"{self.router_url}/workers/{self.url}", timeout=5)
+                _HTTP.delete(f"{self.router_url}/workers/{self.url}", timeout=5)
             except requests.RequestException:
                 pass
         if self.process is not None:
@@ -162,32 +148,18 @@ class Router:
                "--request-timeout-secs", str(args.sglang_router_request_timeout_secs),
                "--balance-abs-threshold", str(args.router_balance_abs_threshold),
                "--balance-rel-threshold", str(args.router_balance_rel_threshold)]
-        handle, self.log_path = tempfile.mkstemp(prefix="sglang_router_", suffix=".log")
+        handle, log_path = tempfile.mkstemp(prefix="sglang_router_", suffix=".log")
         os.close(handle)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            preexec_fn=terminate_with_parent)
         url = f"http://{args.sglang_router_ip}:{args.sglang_router_port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"sglang-router exited with code {self.process.returncode} while starting "
-                                   f"(log: {self.log_path})")
-            try:
-                requests.get(f"{url}/workers", timeout=2).raise_for_status()
-                logger.info("sglang-router at %s", url)
-                return
-            except requests.RequestException:
-                time.sleep(0.3)
-        self.process.kill()
-        raise RuntimeError(f"sglang-router at {url} did not answer within 60 s (log: {self.log_path})")
+        self.process = start_server(cmd, url, f"sglang-router at {url}", log_path, timeout=60)
+        logger.info("sglang-router at %s", url)
 
     def wait_for_workers(self, args: Namespace, urls: list[str], timeout: float = 60.0) -> None:
         """Worker registration is queued by the router: wait until it lists every engine as healthy."""
         deadline = time.monotonic() + timeout
         listed: set[str] = set()
         while time.monotonic() < deadline:
-            reply = requests.get(f"http://{args.sglang_router_ip}:{args.sglang_router_port}/workers", timeout=5)
+            reply = _HTTP.get(f"http://{args.sglang_router_ip}:{args.sglang_router_port}/workers", timeout=5)
             listed = {w["url"] for w in reply.json().get("workers", []) if w.get("is_healthy", True)}
             if set(urls) <= listed:
                 return

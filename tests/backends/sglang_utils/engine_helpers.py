@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 from typing import Any
 
 import requests
@@ -13,6 +12,7 @@ import torch
 import transformers
 
 import fetch_assets  # tools/, put on sys.path by tests/conftest.py
+from slime.utils.misc import free_port  # noqa: F401 - re-exported to this directory's tests
 
 TIMEOUT = 60
 SESSION = requests.Session()
@@ -36,12 +36,6 @@ def build_tiny_qwen3(out_dir: str, seed: int) -> str:
     for name in os.listdir(tokenizer_dir):
         shutil.copy(os.path.join(tokenizer_dir, name), out_dir)
     return out_dir
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def post(url: str, path: str, body: dict[str, Any] | None = None, timeout: float = TIMEOUT) -> requests.Response:

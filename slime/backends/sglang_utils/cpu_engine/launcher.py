@@ -15,7 +15,7 @@ from slime.utils.misc import terminate_with_parent
 
 
 class CPUEngineStartError(RuntimeError):
-    """The engine process died or never answered /health while starting."""
+    """An engine server (the CPU engine, or SGLang on GPUs) died or never answered /health while starting."""
 
 
 class CPUEngineProcess:
@@ -81,19 +81,32 @@ def launch_cpu_engine(model_path: str, port: int, *, host: str = "127.0.0.1", ex
         os.close(handle)
     cmd = [sys.executable, "-m", "slime.backends.sglang_utils.cpu_engine", "--model-path", model_path,
            "--host", host, "--port", str(port), *extra_args]
+    process = start_server(cmd, f"http://{host}:{port}", f"CPU engine for {model_path} on {host}:{port}", log_path,
+                           timeout, env)
+    return CPUEngineProcess(process, host, port, model_path, log_path)
+
+
+def start_server(cmd: Sequence[str], url: str, what: str, log_path: str, timeout: float,
+                 env: dict[str, str] | None = None) -> subprocess.Popen:
+    """Start a server process (output to `log_path`, ended with its parent) and return it once `url`/health answers
+    200; raise CPUEngineStartError naming `what`, with the last log line, if it exits first or is not healthy within
+    `timeout` seconds (then it is stopped). Shared by the CPU engine and real SGLang servers."""
     with open(log_path, "ab") as log:
-        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        process = subprocess.Popen(list(cmd), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                    env={**os.environ, **(env or {})}, preexec_fn=terminate_with_parent)
-    engine = CPUEngineProcess(process, host, port, model_path, log_path)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise CPUEngineStartError(
-                f"CPU engine for {model_path} on {host}:{port} exited with code {process.returncode} while "
-                f"starting: {_last_line(log_path)} (log: {log_path})")
-        if _healthy(engine.url):
-            return engine
+            raise CPUEngineStartError(f"{what} exited with code {process.returncode} while starting: "
+                                      f"{_last_line(log_path)} (log: {log_path})")
+        if _healthy(url):
+            return process
         time.sleep(0.2)
-    engine.stop()
-    raise CPUEngineStartError(f"CPU engine for {model_path} on {host}:{port} was not healthy after {timeout:.0f} s: "
-                              f"{_last_line(log_path)} (log: {log_path})")
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=10)
+    raise CPUEngineStartError(f"{what} was not healthy after {timeout:.0f} s: {_last_line(log_path)} "
+                              f"(log: {log_path})")

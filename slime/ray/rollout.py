@@ -110,7 +110,7 @@ class RolloutManager:
                 raise ValueError(f"--custom-convert-samples-to-train-data-path {path} returned no {missing}")
             return data
         raw_rewards, rewards = post_process_rewards(self.args, samples)
-        return convert_samples_to_train_data(self.args, samples, rewards)
+        return convert_samples_to_train_data(self.args, samples, rewards, raw_rewards)
 
     def eval(self, rollout_id: int) -> dict[str, list[Box]]:
         """Held-out data per eval dataset, as per-DP-rank shards for a forward-only loss (SFT validation)."""

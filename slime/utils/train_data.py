@@ -80,8 +80,10 @@ def load_debug_rollout_data(path: str, subsample: float | None = None) -> list[S
     return samples
 
 
-def convert_samples_to_train_data(args: Namespace, samples: list[Sample], rewards: list[float] | None = None) -> dict:
-    """Token lists, response-aligned loss masks, rewards and per-rollout mask sums (the per-rollout denominators)."""
+def convert_samples_to_train_data(args: Namespace, samples: list[Sample], rewards: list[float] | None = None,
+                                  raw_rewards: list[Any] | None = None) -> dict:
+    """Token lists, response-aligned loss masks, rewards and per-rollout mask sums (the per-rollout denominators).
+    `rewards`/`raw_rewards` come from `post_process_rewards`; without them both are the samples' reward values."""
     loss_masks = []
     for sample in samples:
         mask = [1] * sample.response_length if sample.loss_mask is None else list(sample.loss_mask)
@@ -91,7 +93,7 @@ def convert_samples_to_train_data(args: Namespace, samples: list[Sample], reward
         if sample.remove_sample:
             mask = [0] * len(mask)
         loss_masks.append(mask)
-    raw = [s.get_reward_value(args) for s in samples]
+    raw = list(raw_rewards) if raw_rewards is not None else [s.get_reward_value(args) for s in samples]
     rollout_ids = assign_rollout_ids(samples)
     mask_totals: dict[int, int] = {}
     for rollout_id, mask in zip(rollout_ids, loss_masks):

@@ -95,23 +95,6 @@ class SGLangEngine:
         self.process = start_server(cmd, self.url, f"SGLang server for {self.args.hf_checkpoint} at {self.url}",
                                     log_path, START_TIMEOUT_S)
 
-    def alive(self) -> bool:
-        process = self.process.process if hasattr(self.process, "process") else self.process
-        return process is not None and process.poll() is None
-
-    def health_generate(self, timeout: float = 30.0) -> bool:
-        try:
-            return _HTTP.get(f"{self.url}/health_generate", timeout=timeout).status_code == 200
-        except requests.RequestException:
-            return False
-
-    def call(self, endpoint: str, payload: dict[str, Any] | None = None, method: str = "POST") -> Any:
-        """One request to this engine's HTTP API (weight updates, pause/continue, flush_cache, ...)."""
-        response = _HTTP.request(method, f"{self.url}/{endpoint.lstrip('/')}", json=payload, timeout=3600)
-        if response.status_code >= 400:
-            raise RuntimeError(f"engine {self.rank} {endpoint}: HTTP {response.status_code}: {response.text[:500]}")
-        return response.json() if response.content else None
-
     def shutdown(self) -> None:
         if self.router_url:
             try:

@@ -11,7 +11,9 @@ Rows:
 - packed attention equal to per-sequence attention (log-probs of a pack vs each sequence alone), for each spec;
 - a checkpoint saved in the background (--async-save), loaded into a fresh trainer (weights bit-equal), and the
   resumed step's loss equal to the uninterrupted one;
-- the HF export equal to the weights.
+- the HF export equal to the weights;
+- the fused, chunked log-prob / entropy on bf16 logits of Qwen3's vocabulary equal to the plain full-width path
+  (values and gradients), with its time and peak memory next to the plain path's.
 
 `--dry-run` runs the same code on the CPU with tiny shapes in fp32 (Transformer Engine rows are skipped): it checks
 the script's plumbing, and the tests run it.
@@ -40,11 +42,12 @@ sys.path.insert(0, str(REPO))
 from slime.backends.megatron_utils.actor import MegatronTrainRayActor  # noqa: E402
 from slime.backends.megatron_utils.checkpoint import finalize_async_save  # noqa: E402
 from slime.backends.megatron_utils.hf_weights import iter_hf_tensors, save_hf_weights  # noqa: E402
+from slime.backends.megatron_utils.log_probs import vocab_parallel_log_probs  # noqa: E402
 from slime.backends.megatron_utils.loss import get_log_probs_and_entropy  # noqa: E402
 from slime.backends.megatron_utils.model import forward_logits, get_batch  # noqa: E402
 from slime.backends.megatron_utils.model_provider import transformer_engine_available  # noqa: E402
 from slime.utils.arguments import parse_args  # noqa: E402
-from slime.utils.device import has_gpu  # noqa: E402
+from slime.utils.device import device, has_gpu, synchronize  # noqa: E402
 from slime.utils.memory_estimate import GB, estimate_memory  # noqa: E402
 from slime.utils.train_data import convert_samples_to_train_data, split_train_data_by_dp, tensorize  # noqa: E402
 from slime.utils.types import Sample  # noqa: E402
@@ -259,6 +262,56 @@ class Check:
         self.row("HF export = weights", "ok" if same else "FAIL",
                  f"{len(exported)} tensors, dtype {next(iter(exported.values())).dtype}")
 
+    def fused_log_probs(self) -> None:
+        """The chunked log-prob / entropy against the plain log-softmax path on the device, at Qwen3's vocabulary."""
+        tokens, vocab = (64, 512) if self.dry_run else (8192, 151936)
+        on = device()
+        generator = torch.Generator(on).manual_seed(0)  # drawn on the device: 1.2G values are slow on the host
+        # A trained model's spread of logits; bf16 on a GPU, as the trainer's are.
+        dtype = torch.bfloat16 if has_gpu() else torch.float32
+        logits = (torch.randn(tokens, vocab, generator=generator, device=on) * 3).to(dtype)
+        targets = torch.randint(0, vocab, (tokens,), generator=generator, device=on)
+        quarter = tokens // 4
+        rows = [(0, quarter), (quarter + 5, 2 * quarter), (2 * quarter + 1, tokens)]  # gaps: prompt positions
+        upstream = torch.randn(2, sum(e - s for s, e in rows), generator=generator, device=on)
+        index = torch.cat([torch.arange(s, e) for s, e in rows]).to(on)
+
+        def plain(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            log_softmax = torch.log_softmax(x.float() / 0.7, dim=-1)
+            log_probs = log_softmax[index].gather(-1, targets[index].unsqueeze(-1)).squeeze(-1)
+            return log_probs, -(log_softmax.exp() * log_softmax).sum(-1)[index]
+
+        def fused(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            return vocab_parallel_log_probs(x, rows, targets, 0.7, True)
+
+        def measure(fn: Callable) -> tuple[tuple[torch.Tensor, ...], float, float]:
+            x = logits.clone().requires_grad_()
+            synchronize()
+            if has_gpu():
+                torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated() if has_gpu() else 0
+            started = time.perf_counter()
+            log_probs, entropy = fn(x)
+            ((log_probs * upstream[0]).sum() + (entropy * upstream[1]).sum()).backward()
+            synchronize()
+            seconds = time.perf_counter() - started
+            extra = (torch.cuda.max_memory_allocated() - base) / GB if has_gpu() else 0.0
+            return (log_probs.detach(), entropy.detach(), x.grad), seconds, extra
+
+        measure(fused)  # warm-up: kernels chosen and loaded before timing
+        got, fused_s, fused_gib = measure(fused)
+        want, plain_s, plain_gib = measure(plain)
+        value_error = max((g - w).abs().max().item() for g, w in zip(got[:2], want[:2]))
+        grad_ok = torch.allclose(got[2].float(), want[2].float(), rtol=1e-2, atol=1e-3)
+        grad_error = (got[2].float() - want[2].float()).abs().max().item()
+        ok = value_error < 1e-3 and grad_ok
+        self.row("fused log-prob = plain path", "ok" if ok else "FAIL",
+                 f"{tokens} x {vocab} {logits.dtype} logits, T=0.7: max |value difference| {value_error:.1e}, max "
+                 f"|gradient difference| {grad_error:.1e}; forward+backward {1000 * fused_s:.0f} ms, "
+                 f"+{fused_gib:.2f} GiB (plain path {1000 * plain_s:.0f} ms, +{plain_gib:.2f} GiB)",
+                 max_value_error=value_error, max_grad_error=grad_error, fused_ms=1000 * fused_s,
+                 plain_ms=1000 * plain_s, fused_extra_gib=fused_gib, plain_extra_gib=plain_gib)
+
     def run(self) -> None:
         self.guarded("environment", self.environment)
         self.guarded("qwen3-4B step, full recompute", self.big_step)
@@ -267,6 +320,7 @@ class Check:
                      "Transformer Engine is not importable here" + (" (no GPU)" if not has_gpu() else ""))
         self.guarded("bf16 step (fp32 reference)", self.bf16_against_fp32)
         self.guarded("checkpoint save (async) + load + resume", self.checkpoint)
+        self.guarded("fused log-prob = plain path", self.fused_log_probs)
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -279,7 +333,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dry-run", action="store_true", help="Tiny shapes on the CPU: check the plumbing.")
-    parser.add_argument("--output", default=str(REPO / "benchmarks" / "results" / "gpu_check.json"))
+    parser.add_argument("--output", help="Where the JSON goes (default: benchmarks/results/gpu_check.json; a dry run "
+                        "writes none unless asked, so it never replaces measured GPU numbers).")
     options = parser.parse_args(argv)
     if not options.dry_run and not has_gpu():
         parser.error("no GPU here: use --dry-run to check the script on the CPU")
@@ -290,10 +345,12 @@ def main(argv: list[str] | None = None) -> int:
     print_table(check.rows)
     seconds = time.monotonic() - started
     print(f"\n{len(check.rows)} checks in {seconds:.0f} s")
-    os.makedirs(os.path.dirname(os.path.abspath(options.output)), exist_ok=True)
-    with open(options.output, "w") as f:
-        json.dump({"date": time.strftime("%Y-%m-%d"), "dry_run": options.dry_run, "seconds": seconds,
-                   "rows": check.rows}, f, indent=2)
+    output = options.output or (None if options.dry_run else str(REPO / "benchmarks" / "results" / "gpu_check.json"))
+    if output:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        with open(output, "w") as f:
+            json.dump({"date": time.strftime("%Y-%m-%d"), "dry_run": options.dry_run, "seconds": seconds,
+                       "rows": check.rows}, f, indent=2)
     return 1 if any(r["status"] == "FAIL" for r in check.rows) else 0
 
 

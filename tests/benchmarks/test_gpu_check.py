@@ -11,7 +11,7 @@ from conftest import REPO_ROOT
 
 EXPECTED = ["environment", "qwen3-4B step, full recompute", "bf16 step (transformer_engine spec)",
             "bf16 step (local spec)", "packed = per-sequence (local spec)", "HF export = weights",
-            "checkpoint save (async) + load + resume"]
+            "checkpoint save (async) + load + resume", "fused log-prob = plain path"]
 
 
 def test_dry_run_prints_every_check(tmp_path):

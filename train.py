@@ -26,7 +26,7 @@ def train(args) -> dict:
 
             if should_run_periodic_action(rollout_id, args.save_interval, num_rollout_per_epoch, args.num_rollout):
                 save(rollout_id, actor_model, rollout_manager)
-            actor_model.update_weights()
+            progress.log_sync(rollout_id, actor_model.update_weights())
             if should_run_periodic_action(rollout_id, args.eval_interval, num_rollout_per_epoch):
                 evaluate(args, rollout_id, rollout_manager, actor_model, progress)
 

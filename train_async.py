@@ -5,10 +5,14 @@ from slime.ray.actor_group import wait_all
 from slime.ray.driver import Progress, create_training_models, evaluate, main, ray_session, save, set_num_rollout
 from slime.ray.placement_group import create_placement_groups
 from slime.ray.rollout import create_rollout_manager
+from slime.utils.errors import UserError
 from slime.utils.misc import should_run_periodic_action
 
 
 def train(args) -> dict:
+    if args.colocate:
+        raise UserError("--colocate is not supported by train_async.py: colocated engines and trainers share the "
+                        "devices, so generation cannot overlap training; use train.py")
     with ray_session(args):
         placements = create_placement_groups(args)
         rollout_manager = create_rollout_manager(args, placements["rollout"])
@@ -35,7 +39,7 @@ def train(args) -> dict:
                 # Weights must not change under an in-flight generation: take it first, then sync.
                 if next_rollout is not None:
                     fetched, next_rollout = wait_all([next_rollout], f"rollout {rollout_id + 1}")[0], None
-                actor_model.update_weights()
+                progress.log_sync(rollout_id, actor_model.update_weights())
             if should_run_periodic_action(rollout_id, args.eval_interval, num_rollout_per_epoch):
                 evaluate(args, rollout_id, rollout_manager, actor_model, progress)
 

@@ -73,5 +73,9 @@ class RayTrainGroup:
     def save_model(self, rollout_id: int) -> None:
         wait_all([a.save_model.remote(rollout_id) for a in self.actors], f"the checkpoint of rollout {rollout_id}")
 
-    def update_weights(self) -> None:
-        wait_all([a.update_weights.remote() for a in self.actors], "the weight update")
+    def connect_engines(self, engine_urls: list[str]) -> None:
+        wait_all([a.connect_engines.remote(engine_urls) for a in self.actors], "trainers to reach the engines")
+
+    def update_weights(self) -> dict[str, float]:
+        """Every trainer takes part (tensor-parallel gathers); rank 0 reports the sync's metrics."""
+        return wait_all([a.update_weights.remote() for a in self.actors], "the weight update")[0]

@@ -17,7 +17,7 @@ import ray
 
 from slime.ray.actor_group import RayTrainGroup, wait_all
 from slime.ray.placement_group import Placement, placement_layout
-from slime.utils.arguments import compute_num_rollout, parse_args, role_args
+from slime.utils.arguments import compute_num_rollout, parse_args, role_args, validate_run
 from slime.utils.errors import is_user_error
 from slime.utils.logging_utils import configure_logging
 from slime.utils.tracking import Tracker
@@ -32,6 +32,7 @@ def main(train: Callable[[Namespace], Any]) -> None:
     configure_logging()
     args = parse_args()
     try:
+        validate_run(args)
         train(args)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -127,6 +128,9 @@ def create_training_models(args: Namespace, placement: Placement, rollout_manage
     if args.start_rollout_id is None:
         args.start_rollout_id = start
     wait_all([rollout_manager.load.remote(args.start_rollout_id - 1)], "the data-source state")
+    engine_urls = wait_all([rollout_manager.engine_urls.remote()], "the engines' addresses")[0]
+    if engine_urls and not args.debug_rollout_only:
+        actor_model.connect_engines(engine_urls)
     return actor_model
 
 
@@ -137,13 +141,14 @@ def save(rollout_id: int, actor_model: RayTrainGroup, rollout_manager: Any) -> N
 
 def evaluate(args: Namespace, rollout_id: int, rollout_manager: Any, actor_model: RayTrainGroup,
              progress: "Progress") -> None:
-    """Validation loss of each eval dataset, computed by the trainers without training on it."""
-    datasets = wait_all([rollout_manager.eval.remote(rollout_id)], "eval data")[0]
-    metrics = {}
-    for name, boxes in datasets.items():
-        result = actor_model.eval_loss(boxes)
-        metrics[f"eval/{name}/loss"] = result["loss"]
-    progress.log_eval(rollout_id, metrics)
+    """Evaluate on every eval dataset: the rollout manager's metrics (RL: eval/<name> rewards from generation)
+    and, for SFT, each dataset's validation loss, computed by the trainers without training on it."""
+    result = wait_all([rollout_manager.eval.remote(rollout_id)], "the evaluation")[0]
+    metrics = dict(result.metrics)
+    for name, boxes in result.loss_shards.items():
+        metrics[f"eval/{name}/loss"] = actor_model.eval_loss(boxes)["loss"]
+    if metrics:
+        progress.log_eval(rollout_id, metrics)
 
 
 class Progress:
@@ -186,6 +191,11 @@ class Progress:
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{self.last.get('loss', float('nan')):.4f}")
+
+    def log_sync(self, rollout_id: int, metrics: dict[str, float]) -> None:
+        """The weight sync after training on `rollout_id` (time, bytes), on the rollout axis."""
+        if metrics:
+            self.tracker.log({f"perf/{k}" if "/" not in k else k: v for k, v in metrics.items()}, step=rollout_id)
 
     def log_eval(self, rollout_id: int, metrics: dict[str, float]) -> None:
         self.last.update(metrics)

@@ -34,5 +34,8 @@ class TrainRayActor:
     def save_model(self, rollout_id: int) -> None:
         self.backend.save_model(rollout_id)
 
-    def update_weights(self) -> None:
-        self.backend.update_weights()
+    def connect_engines(self, engine_urls: list[str]) -> None:
+        self.backend.connect_engines(engine_urls)
+
+    def update_weights(self) -> dict[str, float]:
+        return self.backend.update_weights()

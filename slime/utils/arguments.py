@@ -148,12 +148,6 @@ def _refuse_not_supported(args: argparse.Namespace, parser: SlimeArgumentParser)
         role_view = argparse.Namespace(**{**defaults, **overrides})
         refused += [f"{message} [--megatron-config-path, role {role}]"
                     for message in not_supported.refusals(role_view, parser, [])]
-    if not (args.debug_train_only or args.debug_rollout_only or args.load_debug_rollout_data):
-        # Generation works, but training on it needs the trainer's weights pushed to the engines after each step;
-        # without that the engines would keep serving the initial policy and nothing would say so.
-        refused.append(str(NotSupportedError(
-            "training on generated rollouts (give --debug-train-only for SFT, or --debug-rollout-only to generate "
-            "without training)", "weight sync to the engines and RL advantages arrive with RL training")))
     if refused:
         parser.error("; ".join(refused))
 
@@ -352,6 +346,37 @@ def _validate_slime_args(args: argparse.Namespace) -> None:
         raise ArgumentValidationError("--loss-type custom_loss needs --custom-loss-function-path")
     if args.n_samples_per_prompt < 1 or args.rollout_batch_size < 1:
         raise ArgumentValidationError("--rollout-batch-size and --n-samples-per-prompt must be >= 1")
+
+
+SFT_ROLLOUT = "slime.rollout.sft_rollout.generate_rollout"
+GROUP_ESTIMATORS = ("grpo", "gspo", "cispo", "reinforce_plus_plus_baseline")
+
+
+def validate_run(args: argparse.Namespace) -> None:
+    """What a training run (train.py, train_async.py) needs beyond valid flags: RL needs generation (engines, or
+    saved rollouts to replay) and groups to compare; the SFT reader needs no engines. --debug-train-only is a switch
+    of its own, not what makes a run SFT. (Tests that build a trainer in-process parse RL flags without engines.)"""
+    replays = bool(args.load_debug_rollout_data)
+    if args.rollout_function_path == SFT_ROLLOUT and args.rollout_num_gpus and not args.debug_train_only:
+        raise ArgumentValidationError(
+            f"--rollout-function-path {SFT_ROLLOUT} reads its data and generates nothing: drop --rollout-num-gpus "
+            "(no inference engines are needed for SFT)")
+    if args.loss_type != "policy_loss":
+        return
+    if not args.compute_advantages_and_returns:
+        raise ArgumentValidationError("--loss-type policy_loss trains on advantages: drop "
+                                      "--disable-compute-advantages-and-returns")
+    if not args.debug_rollout_only and not replays and (args.debug_train_only or not args.rollout_num_gpus):
+        raise ArgumentValidationError(
+            "RL (--loss-type policy_loss) generates its rollouts with inference engines: give --rollout-num-gpus N "
+            "(on a machine without GPUs, N CPU engine processes), or --load-debug-rollout-data to replay saved "
+            "rollouts" + (", and drop --debug-train-only" if args.debug_train_only else ""))
+    if args.advantage_estimator in GROUP_ESTIMATORS and args.n_samples_per_prompt < 2:
+        raise ArgumentValidationError(
+            f"--advantage-estimator {args.advantage_estimator} compares the samples of a prompt's group: give "
+            f"--n-samples-per-prompt of at least 2 (got {args.n_samples_per_prompt})")
+    if args.advantage_estimator == "ppo":
+        raise NotSupportedError("--advantage-estimator ppo", "the PPO critic (value model) is not built yet")
 
 
 # Megatron flag name -> (HF config key, how to read the HF value).

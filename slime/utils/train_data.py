@@ -164,6 +164,9 @@ def tensorize(shard: dict[str, Any]) -> dict[str, Any]:
     out["tokens"] = [torch.tensor(t, dtype=torch.long) for t in shard["tokens"]]
     out["loss_masks"] = [torch.tensor(m, dtype=torch.int) for m in shard["loss_masks"]]
     out["rollout_mask_sums"] = torch.tensor(shard["rollout_mask_sums"], dtype=torch.float32)
+    if shard.get("rewards") and all(isinstance(r, (int, float)) for r in shard["rewards"]):
+        # The advantages' input (SFT samples carry no reward); raw rewards, possibly dicts, stay as they are.
+        out["rewards"] = torch.tensor(shard["rewards"], dtype=torch.float32)
     if "rollout_log_probs" in shard:
         out["rollout_log_probs"] = [torch.tensor(x, dtype=torch.float32) for x in shard["rollout_log_probs"]]
     return out

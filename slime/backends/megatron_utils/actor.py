@@ -5,38 +5,48 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from argparse import Namespace
 from typing import Any
 
 import torch
 from megatron.core import parallel_state
 
+from slime.backends.megatron_utils.advantages import compute_advantages_and_returns
 from slime.backends.megatron_utils.checkpoint import load_checkpoint, save_checkpoint
 from slime.backends.megatron_utils.hf_weights import save_hf_weights
 from slime.backends.megatron_utils.initialize import init_distributed
 from slime.backends.megatron_utils.model import (
+    compute_log_probs,
     forward_only_loss,
     reset_optimizer_states,
     setup_model_and_optimizer,
     train_one_step,
 )
-from slime.utils.errors import NotSupportedError
+from slime.backends.megatron_utils.reference import ReferenceWeights
 from slime.utils.misc import load_function
 from slime.utils.train_data import tensorize
 
 logger = logging.getLogger(__name__)
 
 
-def _check_advantages(args: Namespace) -> None:
-    """slime computes reference/old log-probs, advantages and returns before training unless
-    --disable-compute-advantages-and-returns; none of that exists here yet. sft_loss reads none of it."""
-    if not args.compute_advantages_and_returns or args.loss_type == "sft_loss" or args.debug_rollout_only:
-        return
-    if args.loss_type == "policy_loss":
-        raise NotSupportedError("--loss-type policy_loss without --disable-compute-advantages-and-returns",
-                                "advantages and returns are computed by RL, which arrives with the SGLang rollout")
-    logger.warning("--loss-type %s without --disable-compute-advantages-and-returns: advantages, returns and "
-                   "log-probs are not computed yet (RL), so the loss receives none of them", args.loss_type)
+def needs_old_log_probs(args: Namespace, num_steps: int) -> bool:
+    """Whether the old policy's log-probs need their own forward pass. With one optimizer step per rollout the
+    policy has not moved when the step starts, so the old log-probs are the current ones, detached, and the loss
+    takes them from its own forward: a saving slime makes under the same conditions. Anything that reads the old
+    log-probs outside the ratio (TIS, mismatch metrics, KL reward shaping, GSPO's sequence ratio, OPSM, a critic, custom
+    advantages or losses), or dropout (which makes the training forward differ from an eval forward), needs the pass."""
+    if args.use_rollout_logprobs:
+        return False  # the engines' log-probs are the old policy
+    return (num_steps > 1 or args.loss_type != "policy_loss" or args.kl_coef != 0 or args.use_tis
+            or args.get_mismatch_metrics or args.use_critic
+            or args.advantage_estimator == "gspo" or bool(args.custom_advantage_function_path)
+            or args.use_opsm or args.attention_dropout > 0 or args.hidden_dropout > 0)
+
+
+def is_rl(args: Namespace) -> bool:
+    """RL training: the trainer computes log-probs and advantages before the steps (slime's switch)."""
+    return args.compute_advantages_and_returns and args.loss_type != "sft_loss"
 
 
 class MegatronTrainRayActor:
@@ -48,10 +58,12 @@ class MegatronTrainRayActor:
         if master_port is not None:
             os.environ["MASTER_PORT"] = str(master_port)
         self.args: Namespace | None = None
+        self.reference: ReferenceWeights | None = None
+        self.weight_updater: Any = None
+        self.logged_skip = False
 
     def init(self, args: Namespace) -> int:
         """Join the process group, build model/optimizer/scheduler, load weights. Returns the rollout to start at."""
-        _check_advantages(args)
         self.args = args
         init_distributed(args, self.rank, self.world_size)
         if args.custom_megatron_init_path:
@@ -63,7 +75,12 @@ class MegatronTrainRayActor:
         self.before_train_step = load_function(args.custom_megatron_before_train_step_hook_path) \
             if args.custom_megatron_before_train_step_hook_path else None
         loaded_iteration = load_checkpoint(args, self.model, self.optimizer, self.scheduler)
+        if is_rl(args) and (args.use_kl_loss or args.kl_coef != 0):
+            self.reference = ReferenceWeights.load(args, self.model)
         start = args.start_rollout_id if args.start_rollout_id is not None else max(loaded_iteration, -1) + 1
+        # The weight version the engines serve: the number of rollouts the weights were trained on, so a resumed
+        # run continues the count of the run it resumes.
+        self.weight_version = start
         logger.info("trainer rank %d/%d ready; starting at rollout %d", self.rank, self.world_size, start)
         return start
 
@@ -75,6 +92,7 @@ class MegatronTrainRayActor:
         if self.args.debug_rollout_only:  # slime's rollout-only debug mode: generate, never train
             return []
         shard = tensorize(rollout_data)
+        prepare_metrics = self._prepare_rl_data(rollout_id, shard) if is_rl(self.args) else {}
         if self.postprocess is not None:
             self.postprocess(self.args, rollout_id, shard)
         reset_optimizer_states(self.args, self.optimizer)  # with --reset-optimizer-states, as slime does per rollout
@@ -85,7 +103,7 @@ class MegatronTrainRayActor:
                 self.before_train_step(self.args, rollout_id, step_id, self.model, self.optimizer, self.scheduler)
             metrics = train_one_step(self.args, self.model, self.optimizer, self.scheduler, shard, micro_batches,
                                      shard["global_batch_sizes"][step_id])
-            metrics.update(rollout_id=rollout_id, step=rollout_id * num_steps + step_id)
+            metrics.update(rollout_id=rollout_id, step=rollout_id * num_steps + step_id, **prepare_metrics)
             step_metrics.append(metrics)
             if self.rank == 0 and (metrics["step"] + 1) % self.args.log_interval == 0:
                 logger.info(
@@ -95,7 +113,35 @@ class MegatronTrainRayActor:
                 )
         if self.args.save_debug_train_data:
             self._save_debug_train_data(rollout_id, shard)
+        if self.reference is not None and self.args.ref_update_interval \
+                and (rollout_id + 1) % self.args.ref_update_interval == 0:
+            self.reference.refresh_from(self.model)
+            logger.info("reference model refreshed from the actor after rollout %d", rollout_id)
+        self.weight_version = rollout_id + 1
         return step_metrics
+
+    def _prepare_rl_data(self, rollout_id: int, shard: dict[str, Any]) -> dict[str, float]:
+        """Reference and old log-probs (forward-only passes), then advantages and returns, into the shard.
+        Returns the time each part took (reported with every step of the rollout)."""
+        args, timings = self.args, {}
+        if self.reference is not None:
+            started = time.perf_counter()
+            with self.reference.swapped_in(self.model):
+                shard["ref_log_probs"] = compute_log_probs(args, self.model, shard)
+            timings["ref_log_probs_time"] = time.perf_counter() - started
+        if needs_old_log_probs(args, len(shard["micro_batches"])):
+            started = time.perf_counter()
+            shard["log_probs"] = compute_log_probs(args, self.model, shard)
+            timings["log_probs_time"] = time.perf_counter() - started
+        elif not self.logged_skip and not args.use_rollout_logprobs:
+            self.logged_skip = True
+            if self.rank == 0:
+                logger.info("one optimizer step per rollout: the old log-probs are the current ones (detached), so "
+                            "their forward pass is skipped")
+        started = time.perf_counter()
+        compute_advantages_and_returns(args, shard)
+        timings["advantages_time"] = time.perf_counter() - started
+        return timings
 
     def _save_debug_train_data(self, rollout_id: int, shard: dict[str, Any]) -> None:
         """slime's dump: `{rollout_id, rank, rollout_data}` at the template formatted with rollout_id and rank."""
@@ -119,6 +165,15 @@ class MegatronTrainRayActor:
             save_hf_weights(self.model, self.args, self.args.save_hf.format(rollout_id=rollout_id),
                             origin_hf_dir=self.args.hf_checkpoint)
 
-    def update_weights(self) -> None:
-        """Push the weights to the inference engines. No run starts an engine yet (every flag that would is refused
-        as not supported), so, as in slime without engines, there is nothing to push."""
+    def connect_engines(self, engine_urls: list[str]) -> None:
+        """The engines this trainer pushes its weights to (their own server addresses)."""
+        from slime.backends.megatron_utils.update_weight import build_weight_updater
+
+        self.weight_updater = build_weight_updater(self.args, self.model, engine_urls)
+
+    def update_weights(self) -> dict[str, float]:
+        """Push the weights to the inference engines, as weight version `self.weight_version` (the number of
+        rollouts trained on). Without engines (SFT, replayed rollouts) there is nothing to push."""
+        if self.weight_updater is None:
+            return {}
+        return self.weight_updater.update(self.weight_version)

@@ -24,7 +24,13 @@ from megatron.core import parallel_state
 from slime.backends.megatron_utils.log_probs import vocab_parallel_log_probs
 from slime.utils.device import device, reduce_on_device
 from slime.utils.misc import load_function
-from slime.utils.ppo_utils import compute_approx_kl, compute_policy_loss
+from slime.utils.ppo_utils import (
+    compute_approx_kl,
+    compute_cispo_loss,
+    compute_gspo_kl,
+    compute_opsm_mask,
+    compute_policy_loss,
+)
 
 LossFn = Callable[[Namespace, dict, torch.Tensor, Callable], tuple[torch.Tensor, dict[str, torch.Tensor]]]
 
@@ -53,8 +59,12 @@ def get_log_probs_and_entropy(
     return list(log_probs.split(lengths)), (list(entropy.split(lengths)) if entropy is not None else None)
 
 
-def make_sum_of_sample_mean(batch: dict, calculate_per_token_loss: bool) -> Callable[[torch.Tensor], torch.Tensor]:
-    masks = batch["loss_mask_flat"].float()
+def make_sum_of_sample_mean(batch: dict, calculate_per_token_loss: bool,
+                            masks: list[torch.Tensor] | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The micro-batch's reducer (see the module docstring). `masks` replaces the loss masks in the numerator only
+    (TIS/rejection masks): the per-rollout denominators stay those of the original masks, as slime keeps them."""
+    flat = batch["loss_mask_flat"] if masks is None else torch.cat(masks).to(batch["loss_mask_flat"].device)
+    masks = flat.float()
     if not calculate_per_token_loss:
         lengths = batch["response_lengths"]
         denominators = batch["rollout_mask_sums"].float().clamp(min=1)
@@ -78,31 +88,117 @@ def sft_loss_function(args: Namespace, batch: dict, logits: torch.Tensor, sum_of
     return loss, {"loss": loss.detach()}
 
 
+def _flat(batch: dict, key: str, like: torch.Tensor) -> torch.Tensor | None:
+    """The micro-batch's per-sample tensors under `key` as one flat tensor on `like`'s device and dtype (one copy),
+    or None when the rollout data has none."""
+    values = batch.get(key)
+    return torch.cat(values).to(like) if values else None
+
+
+def _tis_ratio_metrics(ratio: torch.Tensor, weights: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"tis": ratio.detach(), "tis_clipfrac": (weights != ratio).float().detach(),
+            "tis_abs": (ratio - 1).abs().detach()}
+
+
+def vanilla_tis_function(args: Namespace, *, pg_loss: torch.Tensor, train_log_probs: list[torch.Tensor],
+                         rollout_log_probs: list[torch.Tensor], loss_masks: list[torch.Tensor], **kwargs: Any
+                         ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
+    """--use-tis: weight each token's loss by the train/rollout importance ratio exp(old - rollout), clipped to
+    [--tis-clip-low, --tis-clip]. The contract of --custom-tis-function-path: (pg_loss, masks, per-token metrics)."""
+    ratio = torch.exp(torch.cat(train_log_probs) - torch.cat(rollout_log_probs))
+    weights = ratio.clamp(args.tis_clip_low, args.tis_clip)
+    return pg_loss * weights, loss_masks, _tis_ratio_metrics(ratio, weights)
+
+
+def icepop_function(args: Namespace, *, pg_loss: torch.Tensor, train_log_probs: list[torch.Tensor],
+                    rollout_log_probs: list[torch.Tensor], loss_masks: list[torch.Tensor], **kwargs: Any
+                    ) -> tuple[torch.Tensor, list[torch.Tensor], dict[str, torch.Tensor]]:
+    """IcePop, slime's alternative for --custom-tis-function-path: tokens whose ratio leaves
+    [--tis-clip-low, --tis-clip] get weight 0 instead of the bound."""
+    ratio = torch.exp(torch.cat(train_log_probs) - torch.cat(rollout_log_probs))
+    weights = torch.where((ratio >= args.tis_clip_low) & (ratio <= args.tis_clip), ratio, torch.zeros_like(ratio))
+    return pg_loss * weights, loss_masks, _tis_ratio_metrics(ratio, weights)
+
+
 def policy_loss_function(args: Namespace, batch: dict, logits: torch.Tensor, sum_of_sample_mean: Callable):
-    """PPO-style clipped policy gradient (GRPO/GSPO/REINFORCE++ differ in their advantages), entropy bonus, KL loss."""
+    """slime's policy loss: PPO's clipped surrogate (GSPO with sequence-level ratios, CISPO's stop-gradient
+    weights), optional OPSM masking and TIS weights, minus --entropy-coef times the entropy, plus
+    --kl-loss-coef times KL(policy || reference) with --use-kl-loss.
+
+    Old log-probs: the engines' with --use-rollout-logprobs, else the trainer's (`log_probs`), else (when the trainer
+    skipped that forward because the rollout has one optimizer step) the current ones, detached: ratio 1.
+    """
     log_probs, entropy = get_log_probs_and_entropy(args, batch, logits, with_entropy=True)
+    lengths, masks = batch["response_lengths"], batch["loss_masks"]
     new = torch.cat(log_probs)
+    advantages = _flat(batch, "advantages", new)
+    assert advantages is not None, "policy_loss: the trainer computes the advantages before training"
+    rollout = _flat(batch, "rollout_log_probs", new)
+    trainer_old = _flat(batch, "log_probs", new)
     if args.use_rollout_logprobs:
-        old = torch.cat(batch["rollout_log_probs"]).to(new)
-    elif batch.get("log_probs") is not None:
-        old = torch.cat(batch["log_probs"]).to(new)
+        if rollout is None:
+            raise ValueError("--use-rollout-logprobs: the rollout returned no log-probs for its responses")
+        old = rollout
     else:
-        old = new.detach()  # one step per rollout: the current policy is the behaviour policy
-    advantages = torch.cat(batch["advantages"]).to(new)
-    ppo_kl = old - new
-    pg, clipfrac = compute_policy_loss(ppo_kl, advantages, args.eps_clip, args.eps_clip_high, args.eps_clip_c)
-    pg_loss = sum_of_sample_mean(pg)
+        old = trainer_old if trainer_old is not None else new.detach()
+    old_per_sample = list(old.split(lengths))
+
+    if args.advantage_estimator == "gspo":
+        ppo_kl = compute_gspo_kl(log_probs, old_per_sample, log_probs, masks).to(new)
+    else:
+        ppo_kl = old - new
+    if args.advantage_estimator == "cispo":
+        pg, clipfrac = compute_cispo_loss(ppo_kl, new, advantages, args.eps_clip, args.eps_clip_high)
+    else:
+        pg, clipfrac = compute_policy_loss(ppo_kl, advantages, args.eps_clip, args.eps_clip_high,
+                                           eps_clip_c=args.eps_clip_c)
+
+    metrics: dict[str, torch.Tensor] = {}
+    if args.use_opsm:
+        keep, metrics["opsm_clipfrac"] = compute_opsm_mask(args, log_probs, old_per_sample,
+                                                           list(advantages.split(lengths)), masks)
+        pg = pg * keep.to(pg)
+
+    pg_masks = masks
+    if args.use_tis or args.get_mismatch_metrics:
+        if rollout is None:
+            raise ValueError("--use-tis/--get-mismatch-metrics compare with the engines' log-probs, but the rollout "
+                             "returned none for its responses")
+        train = trainer_old if trainer_old is not None else new.detach()
+        tis = load_function(args.custom_tis_function_path) if args.custom_tis_function_path else vanilla_tis_function
+        pg, pg_masks, tis_metrics = tis(
+            args, pg_loss=pg, train_log_probs=list(train.split(lengths)),
+            rollout_log_probs=list(rollout.split(lengths)), loss_masks=masks, total_lengths=batch["total_lengths"],
+            response_lengths=lengths,
+        )
+        # Mismatch metrics count every trained token, including those the TIS function rejects below.
+        metrics["ois"] = sum_of_sample_mean(torch.exp(-ppo_kl.detach()))
+        metrics.update({key: sum_of_sample_mean(value) for key, value in tis_metrics.items()})
+        sum_of_sample_mean = make_sum_of_sample_mean(batch, args.calculate_per_token_loss, masks=pg_masks)
+
+    if args.custom_pg_loss_reducer_function_path:
+        pg_reducer = load_function(args.custom_pg_loss_reducer_function_path)(
+            batch["total_lengths"], lengths, pg_masks, args.calculate_per_token_loss)
+    else:
+        pg_reducer = sum_of_sample_mean
+    pg_loss = pg_reducer(pg)
     entropy_loss = sum_of_sample_mean(torch.cat(entropy))
     loss = pg_loss - args.entropy_coef * entropy_loss
-    metrics = {"pg_loss": pg_loss.detach(), "entropy_loss": entropy_loss.detach(),
-               "pg_clipfrac": sum_of_sample_mean(clipfrac).detach(), "ppo_kl": sum_of_sample_mean(ppo_kl).detach()}
     if args.use_kl_loss:
-        kl = compute_approx_kl(new, torch.cat(batch["ref_log_probs"]).to(new), args.kl_loss_type)
-        kl_loss = sum_of_sample_mean(kl)
-        loss = loss + args.kl_loss_coef * kl_loss
-        metrics["kl_loss"] = kl_loss.detach()
-    metrics["loss"] = loss.detach()
-    return loss, metrics
+        # --use-unbiased-kl: samples come from the old policy, so the estimate is reweighted by the (differentiable)
+        # current/old ratio.
+        importance_ratio = torch.exp(new - old) if args.use_unbiased_kl else None
+        kl = compute_approx_kl(new, _flat(batch, "ref_log_probs", new), args.kl_loss_type, importance_ratio)
+        metrics["kl_loss"] = sum_of_sample_mean(kl)
+        loss = loss + args.kl_loss_coef * metrics["kl_loss"]
+    if new.numel() == 0:
+        loss = loss + 0 * logits.sum()  # keep the graph connected so every rank runs backward
+    if rollout is not None:
+        compared = new.detach() if args.use_rollout_logprobs else old
+        metrics["train_rollout_logprob_abs_diff"] = sum_of_sample_mean((compared - rollout).abs())
+    metrics.update(loss=loss, pg_loss=pg_loss, entropy_loss=entropy_loss, pg_clipfrac=sum_of_sample_mean(clipfrac),
+                   ppo_kl=sum_of_sample_mean(ppo_kl.detach()))
+    return loss, {key: torch.as_tensor(value).detach() for key, value in metrics.items()}
 
 
 def value_loss_function(args: Namespace, batch: dict, logits: torch.Tensor, sum_of_sample_mean: Callable):

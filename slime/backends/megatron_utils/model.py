@@ -21,9 +21,15 @@ from megatron.core.utils import get_model_config
 
 from slime.backends.megatron_utils.attention import packed_sequences
 from slime.backends.megatron_utils.cpu_bridges import cuda_literals_on_cpu
-from slime.backends.megatron_utils.loss import compute_loss, loss_function, report_step_metrics
+from slime.backends.megatron_utils.loss import (
+    compute_loss,
+    get_log_probs_and_entropy,
+    loss_function,
+    report_step_metrics,
+)
 from slime.backends.megatron_utils.model_provider import build_gpt_model, use_transformer_engine
 from slime.utils.device import device, has_gpu, params_dtype, peak_tflops, synchronize
+from slime.utils.dp_schedule import first_fit_pack
 from slime.utils.flops import training_flops
 from slime.utils.memory_estimate import estimate_memory, format_estimate
 
@@ -222,3 +228,28 @@ def forward_only_loss(args: Namespace, model, shard: dict, micro_batches: list[l
         batch = get_batch(args, shard, indices)
         reports.append(compute_loss(args, batch, forward_logits(model, batch))[1])
     return report_step_metrics(args, reports, None, num_samples=sum(len(mb) for mb in micro_batches))
+
+
+def log_prob_micro_batches(args: Namespace, shard: dict) -> list[list[int]]:
+    """Micro-batches of a forward-only pass over the whole shard: packed up to --log-probs-max-tokens-per-gpu
+    (default --max-tokens-per-gpu) with dynamic batch sizes, else --micro-batch-size samples each. No step structure:
+    the pass has no optimizer step, so it packs across the training steps' boundaries."""
+    indices = list(range(len(shard["tokens"])))
+    if args.use_dynamic_batch_size:
+        budget = args.log_probs_max_tokens_per_gpu or args.max_tokens_per_gpu
+        return first_fit_pack([len(t) for t in shard["tokens"]], indices, budget)
+    return [indices[i : i + args.micro_batch_size] for i in range(0, len(indices), args.micro_batch_size)]
+
+
+@torch.no_grad()
+def compute_log_probs(args: Namespace, model, shard: dict) -> list[torch.Tensor]:
+    """Each sample's response log-probs under the model's current weights (fp32, on the host, in shard order), of
+    the temperature-scaled distribution the engines sampled from; no gradient, eval mode."""
+    model.eval()
+    out: list[torch.Tensor | None] = [None] * len(shard["tokens"])
+    for indices in log_prob_micro_batches(args, shard):
+        batch = get_batch(args, shard, indices)
+        log_probs, _ = get_log_probs_and_entropy(args, batch, forward_logits(model, batch))
+        for index, values in zip(indices, log_probs):
+            out[index] = values.float().cpu()
+    return out

@@ -25,13 +25,25 @@ from slime.utils.misc import free_port
 
 logger = logging.getLogger(__name__)
 # Engines and the router are on this node or the cluster's network: never reach them through an HTTP proxy that
-# the environment may configure for the outside world.
-_HTTP = requests.Session()
-_HTTP.trust_env = False
+# the environment may configure for the outside world. Shared with the trainer's weight sync.
+HTTP = requests.Session()
+HTTP.trust_env = False
 
 START_TIMEOUT_S = 600.0
+FLUSH_ATTEMPTS = 60  # slime's flush loop: one try a second until the engine is idle
 # Flags slime sets itself; a --sglang-<same> pass-through would contradict them.
 _OWN_SERVER_FLAGS = {"model_path", "host", "port", "tp_size", "random_seed", "nnodes", "node_rank"}
+
+
+def flush_cache(url: str, attempts: int = FLUSH_ATTEMPTS) -> None:
+    """GET /flush_cache until it succeeds, which it does only once the engine is idle (as slime loops before a
+    weight update or a memory release); raises TimeoutError naming the URL after `attempts` tries."""
+    for attempt in range(attempts):
+        if HTTP.get(f"{url}/flush_cache", timeout=30).status_code == 200:
+            return
+        if attempt < attempts - 1:
+            time.sleep(1.0)
+    raise TimeoutError(f"{url}/flush_cache did not succeed in {attempts} tries: the engine is still busy")
 
 
 def _passthrough_flags(args: Namespace) -> list[str]:
@@ -58,6 +70,7 @@ class SGLangEngine:
         self.host = "127.0.0.1" if not uses_gpus else _node_ip()
         self.port = free_port(self.host)
         self.process: Any = None
+        self._offload_noted = False
         self.router_url = (f"http://{args.sglang_router_ip}:{args.sglang_router_port}"
                            if args.sglang_router_ip else None)
 
@@ -81,7 +94,7 @@ class SGLangEngine:
                 # cores, and oversubscribed OpenMP threads make small models' steps many times slower.
                 env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
         if self.router_url:
-            _HTTP.post(f"{self.router_url}/workers", json={"url": self.url}, timeout=30).raise_for_status()
+            HTTP.post(f"{self.router_url}/workers", json={"url": self.url}, timeout=30).raise_for_status()
         logger.info("engine %d serving %s at %s", self.rank, self.args.hf_checkpoint, self.url)
         return self.url
 
@@ -90,15 +103,39 @@ class SGLangEngine:
         cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", self.args.hf_checkpoint,
                "--host", self.host, "--port", str(self.port), "--tp-size", str(tp), "--random-seed", str(seed),
                "--trust-remote-code", "--skip-server-warmup", *_passthrough_flags(self.args)]
+        if self.args.offload_rollout:  # what lets /release_memory_occupation give the GPU memory back
+            cmd.append("--enable-memory-saver")
         handle, log_path = tempfile.mkstemp(prefix=f"sglang_engine_{self.rank}_", suffix=".log")
         os.close(handle)
         self.process = start_server(cmd, self.url, f"SGLang server for {self.args.hf_checkpoint} at {self.url}",
                                     log_path, START_TIMEOUT_S)
 
+    def offload(self) -> None:
+        """--offload-rollout: give the engine's GPU memory (weights, KV cache, CUDA graphs) back while the trainers
+        use the devices, as slime's rollout manager does after generating. On CPU there is nothing to give back."""
+        if not self.uses_gpus:
+            if self.rank == 0 and not self._offload_noted:
+                logger.info("--offload-rollout: CPU engines keep their memory (a no-op without GPUs)")
+                self._offload_noted = True
+            return
+        flush_cache(self.url)
+        self._control("/release_memory_occupation", {})
+
+    def onload(self, tags: list[str] | None = None) -> None:
+        """Take the memory back: slime resumes ["weights"] before a weight update, then ["kv_cache", "cuda_graph"]
+        after it (None: all). Resumed weights hold no values until the update overwrites them."""
+        if self.uses_gpus:
+            self._control("/resume_memory_occupation", {"tags": tags})
+
+    def _control(self, path: str, body: dict[str, Any]) -> None:
+        reply = HTTP.post(f"{self.url}{path}", json=body, timeout=START_TIMEOUT_S)
+        if reply.status_code != 200:
+            raise RuntimeError(f"{self.url}{path} failed with HTTP {reply.status_code}: {reply.text[:500]}")
+
     def shutdown(self) -> None:
         if self.router_url:
             try:
-                _HTTP.delete(f"{self.router_url}/workers/{self.url}", timeout=5)
+                HTTP.delete(f"{self.router_url}/workers/{self.url}", timeout=5)
             except requests.RequestException:
                 pass
         if self.process is not None:
@@ -108,6 +145,21 @@ class SGLangEngine:
                 self.process.terminate()
                 self.process.wait(timeout=30)
             self.process = None
+
+    def exit_status(self) -> str | None:
+        """None while the server process runs (or before it starts / after shutdown); once it has exited, how:
+        the exit code and, for the CPU engine, its last log line. The rollout manager ends a run without
+        --use-fault-tolerance with this."""
+        process = getattr(self.process, "process", self.process)  # the CPU engine's handle wraps its Popen
+        if process is None or process.poll() is None:
+            return None
+        log_path = getattr(self.process, "log_path", None)
+        if log_path is None:
+            return f"the server at {self.url} exited with code {process.returncode}"
+        from slime.backends.sglang_utils.cpu_engine.launcher import _last_line
+
+        return (f"the server at {self.url} exited with code {process.returncode}: {_last_line(log_path)} "
+                f"(log: {log_path})")
 
 
 def _node_ip() -> str:
@@ -142,7 +194,7 @@ class Router:
         deadline = time.monotonic() + timeout
         listed: set[str] = set()
         while time.monotonic() < deadline:
-            reply = _HTTP.get(f"http://{args.sglang_router_ip}:{args.sglang_router_port}/workers", timeout=5)
+            reply = HTTP.get(f"http://{args.sglang_router_ip}:{args.sglang_router_port}/workers", timeout=5)
             listed = {w["url"] for w in reply.json().get("workers", []) if w.get("is_healthy", True)}
             if set(urls) <= listed:
                 return

@@ -16,17 +16,22 @@ Two transports, as in SGLang:
   unrelated process can open it only under torch's "file_system" sharing strategy (the default "file_descriptor"
   one fails with AuthenticationError), so `serialize_bucket` switches this process to it, and the producer must keep
   the returned tensor alive until the engine has replied. The engine unpickles with an allow-list of torch's
-  rebuild functions.
+  rebuild functions. A bucket of CUDA tensors pickles as CUDA IPC handles, for real SGLang on the same node.
+
+`tensor_checksum` is what `--check-weight-update-equal` compares: the trainer's HF tensors against the checksums the
+CPU engine reports for its own (`/weights_checker` with action "checksum").
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import pickle
+import time
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.distributed as dist
@@ -76,7 +81,7 @@ def serialize_bucket(named_tensors: list[tuple[str, torch.Tensor]], load_format:
     mp.set_sharing_strategy("file_system")
     if load_format == "flattened_bucket":
         flat, metadata = flatten_bucket(named_tensors)
-        payload: Any = {"flattened_tensor": flat, "metadata": metadata}
+        payload: Any = {"flattened_tensor": flat, "metadata": _for_sglang(metadata) if flat.is_cuda else metadata}
     elif load_format is None:
         payload = [(name, tensor.detach().contiguous()) for name, tensor in named_tensors]
     else:
@@ -84,6 +89,24 @@ def serialize_bucket(named_tensors: list[tuple[str, torch.Tensor]], load_format:
     buffer = io.BytesIO()
     ForkingPickler(buffer).dump(payload)
     return base64.b64encode(buffer.getvalue()).decode("ascii"), payload
+
+
+def _for_sglang(metadata: list[FlattenedTensorMetadata]) -> list[Any]:
+    """A CUDA bucket goes to real SGLang, as slime sends it: with SGLang's own metadata class (which its unpickler
+    knows) and with torch's CUDA reductions patched by SGLang to name the device by UUID, so an engine process that
+    numbers the GPUs differently still opens the memory on the right one. Without SGLang installed here the bucket
+    is sent as it is."""
+    try:
+        from sglang.srt.weight_sync.tensor_bucket import FlattenedTensorMetadata as SGLangMetadata
+    except ImportError:
+        return metadata
+    try:
+        from sglang.srt.utils.patch_torch import monkey_patch_torch_reductions
+    except ImportError:  # older SGLang releases
+        from sglang.srt.patch_torch import monkey_patch_torch_reductions
+    monkey_patch_torch_reductions()
+    return [SGLangMetadata(name=m.name, shape=m.shape, dtype=m.dtype, start_idx=m.start_idx, end_idx=m.end_idx,
+                           numel=m.numel) for m in metadata]
 
 
 class _AllowListUnpickler(pickle.Unpickler):
@@ -148,8 +171,24 @@ def init_custom_process_group(*, backend: str, init_method: str, world_size: int
     return group
 
 
-def broadcast_bucket(tensors: list[torch.Tensor], group: dist.ProcessGroup, src: int = 0) -> None:
-    """Post one broadcast per tensor in list order, then wait for all (the order both sides agree on)."""
+def broadcast_bucket(tensors: list[torch.Tensor], group: dist.ProcessGroup, src: int = 0,
+                     poll: Callable[[], None] | None = None) -> None:
+    """Post one broadcast per tensor in list order, then wait for all (the order both sides agree on).
+
+    With `poll`, the wait is a loop that calls it until every broadcast has completed: the sender uses it to raise
+    as soon as a receiver reports that it will never take part (its HTTP reply failed), instead of blocking in a
+    collective until the group's timeout."""
     works = [dist.broadcast(tensor, src=src, group=group, async_op=True) for tensor in tensors]
+    if poll is not None:
+        while not all(work.is_completed() for work in works):
+            poll()
+            time.sleep(0.005)
     for work in works:
         work.wait()
+
+
+def tensor_checksum(tensor: torch.Tensor) -> str:
+    """dtype, shape and SHA-256 of the bytes: equal exactly when two tensors hold the same values in the same dtype.
+    Both sides of `--check-weight-update-equal` use it (the trainer on its HF tensors, the CPU engine on its own)."""
+    data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy()
+    return f"{str(tensor.dtype).removeprefix('torch.')}{list(tensor.shape)}:{hashlib.sha256(data).hexdigest()}"

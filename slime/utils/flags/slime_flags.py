@@ -187,9 +187,14 @@ def add_algorithm_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--custom-rm-path", type=str, default=None, help="async fn(args, sample) -> reward.")
     g.add_argument("--custom-reward-post-process-path", type=str, default=None, help="(args, samples) -> rewards.")
     g.add_argument("--custom-convert-samples-to-train-data-path", type=str, default=None, help="Custom conversion.")
-    g.add_argument("--custom-advantage-function-path", type=str, default=None, help="fn(args, rollout_data).")
-    g.add_argument("--custom-tis-function-path", type=str, default=None, help="Custom importance sampling.")
-    g.add_argument("--custom-pg-loss-reducer-function-path", type=str, default=None, help="Custom pg reducer.")
+    g.add_argument("--custom-advantage-function-path", type=str, default=None,
+                   help="fn(args, rollout_data) setting rollout_data['advantages'] and ['returns'] in place.")
+    g.add_argument("--custom-tis-function-path", type=str, default=None,
+                   help="fn(args, *, pg_loss, train_log_probs, rollout_log_probs, loss_masks, total_lengths, "
+                   "response_lengths) -> (pg_loss, loss_masks, metrics), replacing --use-tis's clipped weights.")
+    g.add_argument("--custom-pg-loss-reducer-function-path", type=str, default=None,
+                   help="fn(total_lengths, response_lengths, loss_masks, calculate_per_token_loss) -> reducer of "
+                   "the per-token policy-gradient loss (other metrics keep the default reduction).")
     g.add_argument("--kl-coef", type=float, default=0.0, help="KL penalty folded into the reward.")
     g.add_argument("--use-kl-loss", action="store_true", help="Add a KL(policy, reference) loss term.")
     g.add_argument("--kl-loss-coef", type=float, default=0.0, help="Weight of the KL loss.")
@@ -213,6 +218,9 @@ def add_algorithm_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--tis-clip", type=float, default=2.0, help="TIS upper clip.")
     g.add_argument("--tis-clip-low", type=float, default=0.0, help="TIS lower clip.")
     g.add_argument("--get-mismatch-metrics", action="store_true", help="Log train/rollout log-prob mismatch.")
+    g.add_argument("--use-opsm", action="store_true", help="Off-policy sequence masking: drop negative-advantage "
+                   "tokens of sequences whose mean old-new log-prob gap exceeds --opsm-delta.")
+    g.add_argument("--opsm-delta", type=float, default=1e-4, help="OPSM threshold on the sequence's mean KL.")
     g.add_argument("--use-rollout-logprobs", action="store_true", help="Use engine log-probs as old log-probs.")
     g.add_argument("--ref-update-interval", type=int, default=None, help="Refresh the reference every N rollouts.")
     g.add_argument("--keep-old-actor", action="store_true", help="Keep a copy of the previous actor.")

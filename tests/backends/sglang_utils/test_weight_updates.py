@@ -1,5 +1,6 @@
 """Weight updates of the CPU engine from disk, from shared-memory tensors and over a gloo group: each changes the
-served outputs to those of the pushed weights (checked against transformers) and bumps the weight version."""
+served outputs to those of the pushed weights (checked against transformers) and bumps the weight version; the
+per-tensor checksums behind --check-weight-update-equal."""
 
 from __future__ import annotations
 
@@ -130,3 +131,17 @@ def test_release_and_resume_memory_then_reload(engine_b, model_dir_a, model_a):
     reply = post(engine_b.url, "/update_weights_from_disk", {"model_path": model_dir_a, "weight_version": "back"})
     assert reply.json()["success"]
     assert served(engine_b)["output_ids"] == hf_greedy(model_a, PROMPT, NEW)
+
+
+def test_weights_checker_reports_checksums_under_hf_names(engine_a, model_a):
+    from slime.backends.sglang_utils.weight_sync import tensor_checksum
+
+    reply = post(engine_a.url, "/weights_checker", {"action": "checksum"})
+    assert reply.status_code == 200 and reply.json()["success"], reply.text
+    reported = reply.json()["checksums"]
+    expected = {name: tensor_checksum(t) for name, t in model_a.state_dict().items()}
+    assert reported == expected and "model.layers.0.self_attn.q_proj.weight" in reported
+    assert reported["lm_head.weight"] == reported["model.embed_tokens.weight"]  # tied: one tensor, both names
+    assert tensor_checksum(torch.zeros(2)) != tensor_checksum(torch.zeros(2, dtype=torch.float64))
+    refused = post(engine_a.url, "/weights_checker", {"action": "snapshot"})
+    assert refused.status_code == 400 and "only 'checksum'" in refused.json()["message"]

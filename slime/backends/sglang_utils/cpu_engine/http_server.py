@@ -4,9 +4,10 @@ A faithful stand-in for `sglang.launch_server` on machines without GPUs: the rol
 engine actor talk to it exactly as to SGLang. Endpoints: /generate, /health, /health_generate, /model_info,
 /server_info, /v1/loads, /flush_cache, /abort_request, /pause_generation, /continue_generation, the weight
 endpoints (/update_weights_from_disk, /update_weights_from_tensor, /init_weights_update_group,
-/update_weights_from_distributed, /destroy_weights_update_group, /get_weight_version), and
-/release_memory_occupation, /resume_memory_occupation. Error bodies follow SGLang: a bad /generate gives 400
-`{"error": {"message": ...}}`, a control call missing a field gives 400 `{"object": "error", ...}`.
+/update_weights_from_distributed, /destroy_weights_update_group, /get_weight_version), /weights_checker (only its
+"checksum" action, for --check-weight-update-equal), and /release_memory_occupation, /resume_memory_occupation.
+Error bodies follow SGLang: a bad /generate gives 400 `{"error": {"message": ...}}`, a control call missing a field
+gives 400 `{"object": "error", ...}`.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from fastapi.responses import Response, StreamingResponse
 
 from slime.backends.sglang_utils.cpu_engine.engine import Engine
 from slime.backends.sglang_utils.cpu_engine.weights import load_named_tensors, read_checkpoint
-from slime.backends.sglang_utils.weight_sync import broadcast_bucket, deserialize_bucket, init_custom_process_group
+from slime.backends.sglang_utils.weight_sync import (
+    broadcast_bucket, deserialize_bucket, init_custom_process_group, tensor_checksum)
 
 SGLANG_API_VERSION = "0.5.15.post1"  # the SGLang release whose HTTP API this server reproduces
 FLUSH_OK = ("Cache flushed.\nPlease check backend logs for more details. (When there are running or waiting "
@@ -355,6 +357,22 @@ def create_app(engine: Engine) -> FastAPI:
             return weight_reply(False, "The group to be destroyed does not exist.", None)
         await asyncio.to_thread(torch.distributed.destroy_process_group, group)
         return weight_reply(True, "Succeeded to destroy custom process group.", None)
+
+    @app.post("/weights_checker")
+    async def weights_checker(request: HttpRequest) -> Response:
+        # SGLang's endpoint name; of its actions only "checksum" is served, keyed by HF parameter name and hashed
+        # with `tensor_checksum`, so that a trainer can compare each tensor it sent (a stand-in extra: SGLang keys
+        # its own fused layout and hashes differently).
+        action = field(await read_body(request), "action", kind=str)
+        if action != "checksum":
+            return weight_reply(False, f"not supported yet by the CPU engine: weights_checker action {action!r} "
+                                       "(only 'checksum')", None)
+
+        def checksums() -> dict[str, str]:
+            return {name: tensor_checksum(t) for name, t in engine.model.state_dict(keep_vars=True).items()}
+
+        values = await asyncio.wrap_future(engine.scheduler.run_control(checksums))
+        return weight_reply(True, f"Checksums of {len(values)} tensors.", None, checksums=values)
 
     @app.api_route("/release_memory_occupation", methods=["GET", "POST"])
     async def release_memory_occupation(request: HttpRequest) -> Response:

@@ -115,7 +115,9 @@ def parse_server_args(argv: list[str] | None = None) -> ServerArgs:
 
 def bind_socket(host: str, port: int) -> socket.socket:
     """Take the port before loading the model, so a port in use is reported at once (and not taken meanwhile)."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    # proto=IPPROTO_TCP, not the default 0: asyncio sets TCP_NODELAY only on accepted sockets whose proto says TCP,
+    # and without it every reply with a body waits ~40 ms (Nagle's algorithm against the client's delayed ACK).
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))

@@ -1,6 +1,15 @@
 """Synchronous training: generate a rollout, train on it, save, sync weights, evaluate; repeat."""
 
-from slime.ray.driver import Progress, create_training_models, evaluate, main, ray_session, save, set_num_rollout
+from slime.ray.driver import (
+    Progress,
+    create_training_models,
+    evaluate,
+    main,
+    ray_session,
+    save,
+    set_num_rollout,
+    train_step,
+)
 from slime.ray.placement_group import create_placement_groups
 from slime.ray.rollout import create_rollout_manager
 from slime.ray.actor_group import wait_all
@@ -12,7 +21,7 @@ def train(args) -> dict:
         placements = create_placement_groups(args)
         rollout_manager = create_rollout_manager(args, placements["rollout"])
         num_rollout_per_epoch = set_num_rollout(args, rollout_manager)
-        actor_model = create_training_models(args, placements["actor"], rollout_manager)
+        actor_model, critic_model = create_training_models(args, placements["actor"], rollout_manager)
         actor_model.update_weights()  # engines start from the trainer's weights (a no-op for SFT)
         progress = Progress(args)
 
@@ -21,11 +30,11 @@ def train(args) -> dict:
 
         for rollout_id in range(args.start_rollout_id, args.num_rollout):
             boxes, rollout_metrics = wait_all([rollout_manager.generate.remote(rollout_id)], f"rollout {rollout_id}")[0]
-            step_metrics = actor_model.train(rollout_id, boxes)
+            step_metrics = train_step(args, rollout_id, boxes, actor_model, critic_model)
             progress.log(rollout_id, rollout_metrics, step_metrics)
 
             if should_run_periodic_action(rollout_id, args.save_interval, num_rollout_per_epoch, args.num_rollout):
-                save(rollout_id, actor_model, rollout_manager)
+                save(rollout_id, actor_model, rollout_manager, critic_model)
             progress.log_sync(rollout_id, actor_model.update_weights())
             if should_run_periodic_action(rollout_id, args.eval_interval, num_rollout_per_epoch):
                 evaluate(args, rollout_id, rollout_manager, actor_model, progress)

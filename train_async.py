@@ -2,7 +2,16 @@
 tokenised and masked while the trainers work). Rollouts are at most one policy step stale."""
 
 from slime.ray.actor_group import wait_all
-from slime.ray.driver import Progress, create_training_models, evaluate, main, ray_session, save, set_num_rollout
+from slime.ray.driver import (
+    Progress,
+    create_training_models,
+    evaluate,
+    main,
+    ray_session,
+    save,
+    set_num_rollout,
+    train_step,
+)
 from slime.ray.placement_group import create_placement_groups
 from slime.ray.rollout import create_rollout_manager
 from slime.utils.errors import UserError
@@ -17,7 +26,7 @@ def train(args) -> dict:
         placements = create_placement_groups(args)
         rollout_manager = create_rollout_manager(args, placements["rollout"])
         num_rollout_per_epoch = set_num_rollout(args, rollout_manager)
-        actor_model = create_training_models(args, placements["actor"], rollout_manager)
+        actor_model, critic_model = create_training_models(args, placements["actor"], rollout_manager)
         actor_model.update_weights()
         progress = Progress(args)
 
@@ -30,11 +39,11 @@ def train(args) -> dict:
             last = rollout_id + 1 == args.num_rollout
             next_rollout = None if last else rollout_manager.generate.remote(rollout_id + 1)
 
-            step_metrics = actor_model.train(rollout_id, boxes)
+            step_metrics = train_step(args, rollout_id, boxes, actor_model, critic_model)
             progress.log(rollout_id, rollout_metrics, step_metrics)
 
             if should_run_periodic_action(rollout_id, args.save_interval, num_rollout_per_epoch, args.num_rollout):
-                save(rollout_id, actor_model, rollout_manager)
+                save(rollout_id, actor_model, rollout_manager, critic_model)
             if (rollout_id + 1) % args.update_weights_interval == 0:
                 # Weights must not change under an in-flight generation: take it first, then sync.
                 if next_rollout is not None:

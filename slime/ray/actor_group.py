@@ -40,13 +40,17 @@ def _rendezvous_address() -> tuple[str, int]:
 
 
 class RayTrainGroup:
+    """The actor's trainers, or the critic's (PPO), which share the actor's devices and layout as in slime."""
+
     def __init__(self, args: Namespace, placement: Placement):
         world_size = args.actor_num_nodes * args.actor_num_gpus_per_node
+        self.role = args.role
         env = {k: str(v) for k, v in args.train_env_vars.items()}
         address, port = ray.get(_rendezvous_address.options(scheduling_strategy=placement.strategy(0)).remote())
         actor_class = ray.remote(TrainRayActor)
         # Sharing devices with the engines (slime's fractions: trainer 0.4, engine 0.2 of a GPU bundle).
-        share = 0.4 if placement.uses_gpus and (args.colocate or args.debug_rollout_only) else 1
+        # With a critic, actor and critic trainers take turns on the same bundles (on CPU, the same cores).
+        share = 0.4 if args.use_critic or (placement.uses_gpus and (args.colocate or args.debug_rollout_only)) else 1
         self.actors = [
             actor_class.options(
                 num_cpus=share,
@@ -63,9 +67,16 @@ class RayTrainGroup:
             raise RuntimeError(f"trainers disagree on the rollout to start at: {starts}")
         return starts[0]
 
-    def train(self, rollout_id: int, boxes: list) -> list[dict[str, float]]:
-        results = wait_all([a.train.remote(rollout_id, boxes) for a in self.actors], f"training on rollout {rollout_id}")
-        return results[0]
+    def train(self, rollout_id: int, boxes: list, values: list | None = None) -> list[dict[str, float]]:
+        """`values`: per rank, the critic's values of its shard (object refs from `critic_values`)."""
+        refs = [a.train.remote(rollout_id, boxes, values[rank] if values else None)
+                for rank, a in enumerate(self.actors)]
+        return wait_all(refs, f"the {self.role} training on rollout {rollout_id}")[0]
+
+    def critic_values(self) -> list:
+        """Refs to each critic rank's values of its last shard, handed to the same actor rank without a copy
+        through the driver."""
+        return [a.critic_values.remote() for a in self.actors]
 
     def eval_loss(self, boxes: list) -> dict[str, float]:
         return wait_all([a.eval_loss.remote(boxes) for a in self.actors], "the validation loss")[0]

@@ -121,21 +121,50 @@ def set_num_rollout(args: Namespace, rollout_manager: Any) -> int | None:
     return args.num_rollout_per_epoch
 
 
-def create_training_models(args: Namespace, placement: Placement, rollout_manager: Any) -> RayTrainGroup:
-    """Trainers, their start rollout (from a checkpoint, or --start-rollout-id), and the data cursor to match."""
-    actor_model = RayTrainGroup(args, placement)
+def create_training_models(args: Namespace, placement: Placement, rollout_manager: Any
+                           ) -> tuple[RayTrainGroup, RayTrainGroup | None]:
+    """Trainers (and, for PPO, the critic's on the same devices), their start rollout (from a checkpoint, or
+    --start-rollout-id), and the data cursor to match."""
+    actor_model = RayTrainGroup(role_args(args, "actor"), placement)
+    critic_model = RayTrainGroup(role_args(args, "critic"), placement) if args.use_critic else None
     start = actor_model.init(role_args(args, "actor"))
+    if critic_model is not None:
+        critic_start = critic_model.init(role_args(args, "critic"))
+        if args.start_rollout_id is None and critic_start != start:
+            raise RuntimeError(f"the actor's checkpoint resumes at rollout {start}, the critic's at {critic_start}")
     if args.start_rollout_id is None:
         args.start_rollout_id = start
     wait_all([rollout_manager.load.remote(args.start_rollout_id - 1)], "the data-source state")
     engine_urls = wait_all([rollout_manager.engine_urls.remote()], "the engines' addresses")[0]
     if engine_urls and not args.debug_rollout_only:
         actor_model.connect_engines(engine_urls)
-    return actor_model
+    return actor_model, critic_model
 
 
-def save(rollout_id: int, actor_model: RayTrainGroup, rollout_manager: Any) -> None:
+def train_step(args: Namespace, rollout_id: int, boxes: list, actor_model: RayTrainGroup,
+               critic_model: RayTrainGroup | None) -> list[dict[str, float]]:
+    """slime's order: the critic trains first and hands the actor its values; the actor waits out
+    --num-critic-only-steps. Returns the step metrics (the critic's under critic/)."""
+    if critic_model is None:
+        return actor_model.train(rollout_id, boxes)
+    critic_metrics = critic_model.train(rollout_id, boxes)
+    step_metrics = []
+    if rollout_id >= args.num_critic_only_steps:
+        step_metrics = actor_model.train(rollout_id, boxes, critic_model.critic_values())
+    for index, metrics in enumerate(critic_metrics):
+        extra = {f"critic/{k}": v for k, v in metrics.items() if k not in ("rollout_id", "step")}
+        if index < len(step_metrics):
+            step_metrics[index].update(extra)
+        else:
+            step_metrics.append({**metrics, **extra})
+    return step_metrics
+
+
+def save(rollout_id: int, actor_model: RayTrainGroup, rollout_manager: Any,
+         critic_model: RayTrainGroup | None = None) -> None:
     actor_model.save_model(rollout_id)
+    if critic_model is not None:
+        critic_model.save_model(rollout_id)
     wait_all([rollout_manager.save.remote(rollout_id)], "the data-source state to be saved")
 
 

@@ -25,8 +25,11 @@ class TrainRayActor:
     def init(self, args: Namespace) -> int:
         return self.backend.init(args)
 
-    def train(self, rollout_id: int, boxes: list) -> list[dict[str, float]]:
-        return self.backend.train(rollout_id, self._my_shard(boxes))
+    def train(self, rollout_id: int, boxes: list, values: Any = None) -> list[dict[str, float]]:
+        return self.backend.train(rollout_id, self._my_shard(boxes), values)
+
+    def critic_values(self) -> Any:
+        return self.backend.critic_values()
 
     def eval_loss(self, boxes: list) -> dict[str, float]:
         return self.backend.eval_loss(self._my_shard(boxes))

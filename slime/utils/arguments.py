@@ -173,8 +173,6 @@ def _read_megatron_config(args: argparse.Namespace, known: set[str]) -> dict[str
             raise ArgumentValidationError(f"{where}: each entry needs role: actor or role: critic, got {entry!r}")
         if role in roles:
             raise ArgumentValidationError(f"{where}: more than one entry with role: {role}")
-        if role == "critic":
-            raise NotSupportedError(f"{where} role: critic", not_supported.CRITIC)
         overrides = {}
         for key, value in (entry.get("overrides") or entry.get("args") or {}).items():
             if key in _ROLE_IGNORED_KEYS:
@@ -206,7 +204,26 @@ def role_args(args: argparse.Namespace, role: str) -> argparse.Namespace:
         logger.info("role %s overrides from --megatron-config-path: %s", role, overrides)
     result = copy.deepcopy(args)
     vars(result).update(overrides)
+    result.role = role
+    if role == "critic":
+        _critic_view(result)
     return result
+
+
+def _critic_view(args: argparse.Namespace) -> None:
+    """The critic is the actor's network with a value head (so untied from the embedding), trained on value_loss,
+    checkpointed beside the actor under {--save}/critic and resumed from {--load}/critic when that exists; it starts
+    from --ref-load's weights like the actor and exports no HF model."""
+    args.loss_type = "value_loss"
+    args.untie_embeddings_and_output_weights = True
+    args.save_hf = None
+    args.save = os.path.join(args.save, "critic") if args.save else None
+    own = os.path.join(args.load, "critic") if args.load else None
+    if own is not None and is_megatron_checkpoint(own):
+        args.load = own
+    else:
+        args.load, args.ckpt_step = args.ref_load, args.ref_ckpt_step
+        args.finetune = args.no_load_optim = args.no_load_rng = True
 
 
 def _resolve_eval_datasets(args: argparse.Namespace) -> None:
@@ -293,6 +310,11 @@ def _validate_slime_args(args: argparse.Namespace) -> None:
                                       "(on a machine without GPUs, the number of CPU engine processes)")
     args.rollout_external = args.rollout_external_engine_addrs is not None
     args.use_critic = args.advantage_estimator == "ppo"
+    if not args.use_critic and (args.critic_num_nodes or args.critic_num_gpus_per_node or args.num_critic_only_steps):
+        raise ArgumentValidationError("--critic-num-nodes/--critic-num-gpus-per-node/--num-critic-only-steps need "
+                                      "the critic of --advantage-estimator ppo")
+    args.critic_world_size = (args.critic_num_nodes or args.actor_num_nodes) * \
+        (args.critic_num_gpus_per_node or args.actor_num_gpus_per_node)
     if args.offload:
         args.offload_train = args.offload_rollout = True
     del args.offload
@@ -375,8 +397,12 @@ def validate_run(args: argparse.Namespace) -> None:
         raise ArgumentValidationError(
             f"--advantage-estimator {args.advantage_estimator} compares the samples of a prompt's group: give "
             f"--n-samples-per-prompt of at least 2 (got {args.n_samples_per_prompt})")
-    if args.advantage_estimator == "ppo":
-        raise NotSupportedError("--advantage-estimator ppo", "the PPO critic (value model) is not built yet")
+    if args.use_critic and args.critic_world_size != args.actor_num_nodes * args.actor_num_gpus_per_node:
+        raise NotSupportedError(
+            f"a critic on {args.critic_world_size} devices with an actor on "
+            f"{args.actor_num_nodes * args.actor_num_gpus_per_node}",
+            "the critic hands each actor rank the values of the same shard, so it shares the actor's layout; drop "
+            "--critic-num-nodes/--critic-num-gpus-per-node")
 
 
 # Megatron flag name -> (HF config key, how to read the HF value).

@@ -3,6 +3,7 @@ Ray actor of `slime/ray/train_actor.py` holds one and hands it that rank's shard
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
 import time
@@ -18,11 +19,13 @@ from slime.backends.megatron_utils.hf_weights import save_hf_weights
 from slime.backends.megatron_utils.initialize import init_distributed
 from slime.backends.megatron_utils.model import (
     compute_log_probs,
+    compute_values,
     forward_only_loss,
     reset_optimizer_states,
     setup_model_and_optimizer,
     train_one_step,
 )
+from slime.backends.megatron_utils.model_provider import is_critic
 from slime.backends.megatron_utils.reference import ReferenceWeights
 from slime.utils.misc import load_function
 from slime.utils.train_data import tensorize
@@ -42,6 +45,12 @@ def needs_old_log_probs(args: Namespace, num_steps: int) -> bool:
             or args.get_mismatch_metrics or args.use_critic
             or args.advantage_estimator == "gspo" or bool(args.custom_advantage_function_path)
             or args.use_opsm or args.attention_dropout > 0 or args.hidden_dropout > 0)
+
+
+def _without_kl_shaping(args: Namespace) -> Namespace:
+    critic_args = copy.copy(args)
+    critic_args.kl_coef = 0.0
+    return critic_args
 
 
 def is_rl(args: Namespace) -> bool:
@@ -75,7 +84,7 @@ class MegatronTrainRayActor:
         self.before_train_step = load_function(args.custom_megatron_before_train_step_hook_path) \
             if args.custom_megatron_before_train_step_hook_path else None
         loaded_iteration = load_checkpoint(args, self.model, self.optimizer, self.scheduler)
-        if is_rl(args) and (args.use_kl_loss or args.kl_coef != 0):
+        if is_rl(args) and not is_critic(args) and (args.use_kl_loss or args.kl_coef != 0):
             self.reference = ReferenceWeights.load(args, self.model)
         start = args.start_rollout_id if args.start_rollout_id is not None else max(loaded_iteration, -1) + 1
         # The weight version the engines serve: the number of rollouts the weights were trained on, so a resumed
@@ -87,12 +96,19 @@ class MegatronTrainRayActor:
     def data_parallel_rank(self) -> int:
         return parallel_state.get_data_parallel_rank()
 
-    def train(self, rollout_id: int, rollout_data: dict[str, Any]) -> list[dict[str, float]]:
-        """Train on this data-parallel rank's shard (from `split_train_data_by_dp`); one entry per optimizer step."""
+    def train(self, rollout_id: int, rollout_data: dict[str, Any],
+              values: list[torch.Tensor] | None = None) -> list[dict[str, float]]:
+        """Train on this data-parallel rank's shard (from `split_train_data_by_dp`); one entry per optimizer step.
+        `values`: the critic's values of the same shard (PPO)."""
         if self.args.debug_rollout_only:  # slime's rollout-only debug mode: generate, never train
             return []
         shard = tensorize(rollout_data)
-        prepare_metrics = self._prepare_rl_data(rollout_id, shard) if is_rl(self.args) else {}
+        if values is not None:
+            shard["values"] = values
+        if is_critic(self.args):
+            prepare_metrics = self._prepare_critic_data(shard)
+        else:
+            prepare_metrics = self._prepare_rl_data(rollout_id, shard) if is_rl(self.args) else {}
         if self.postprocess is not None:
             self.postprocess(self.args, rollout_id, shard)
         reset_optimizer_states(self.args, self.optimizer)  # with --reset-optimizer-states, as slime does per rollout
@@ -119,6 +135,21 @@ class MegatronTrainRayActor:
             logger.info("reference model refreshed from the actor after rollout %d", rollout_id)
         self.weight_version = rollout_id + 1
         return step_metrics
+
+    def _prepare_critic_data(self, shard: dict[str, Any]) -> dict[str, float]:
+        """The critic's values of the shard (its old values, for the clipped value loss and for the actor's GAE),
+        then the returns it regresses on. Like slime's critic it holds no log-probs, so its returns carry no KL
+        penalty."""
+        started = time.perf_counter()
+        shard["values"] = compute_values(self.args, self.model, shard)
+        self.last_values = shard["values"]
+        compute_advantages_and_returns(_without_kl_shaping(self.args), shard)
+        return {"values_time": time.perf_counter() - started}
+
+    def critic_values(self) -> list[torch.Tensor]:
+        """The values of the last shard the critic trained on, computed before its steps (what the actor's GAE
+        uses for that rollout)."""
+        return self.last_values
 
     def _prepare_rl_data(self, rollout_id: int, shard: dict[str, Any]) -> dict[str, float]:
         """Reference and old log-probs (forward-only passes), then advantages and returns, into the shard.

@@ -200,6 +200,8 @@ def load_hf_weights(model: torch.nn.Module, directory: str, args: Namespace) -> 
     check_hf_model_type(directory)
     reader = SafetensorReader(directory)
     for name, param in unwrap(model).named_parameters():
+        if name.startswith("output_layer.") and getattr(args, "role", "actor") == "critic":
+            continue  # a critic's value head starts from its initialisation, not the language-model head
         full = hf_tensor_for(name, reader, args)
         shard = shard_for_rank(name, param, full, args)
         if shard.shape != param.shape:

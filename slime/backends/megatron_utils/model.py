@@ -23,6 +23,7 @@ from slime.backends.megatron_utils.attention import packed_sequences
 from slime.backends.megatron_utils.cpu_bridges import cuda_literals_on_cpu
 from slime.backends.megatron_utils.loss import (
     compute_loss,
+    response_spans,
     get_log_probs_and_entropy,
     loss_function,
     report_step_metrics,
@@ -252,4 +253,18 @@ def compute_log_probs(args: Namespace, model, shard: dict) -> list[torch.Tensor]
         log_probs, _ = get_log_probs_and_entropy(args, batch, forward_logits(model, batch))
         for index, values in zip(indices, log_probs):
             out[index] = values.float().cpu()
+    return out
+
+
+@torch.no_grad()
+def compute_values(args: Namespace, model, shard: dict) -> list[torch.Tensor]:
+    """The critic's value of each response position (fp32, on the host, in shard order): the value head's output
+    at the positions whose logits predict the response tokens, as value_loss reads them."""
+    model.eval()
+    out: list[torch.Tensor | None] = [None] * len(shard["tokens"])
+    for indices in log_prob_micro_batches(args, shard):
+        batch = get_batch(args, shard, indices)
+        values = forward_logits(model, batch)[0, :, 0]
+        for index, (start, end) in zip(indices, response_spans(batch)):
+            out[index] = values[start:end].float().cpu()
     return out

@@ -147,6 +147,30 @@ def _custom_model(args: Namespace, pre_process: bool, post_process: bool) -> tor
     return model
 
 
+class ValueHead(torch.nn.Module):
+    """The critic's output layer: one value per position instead of the vocabulary's logits, in place of the
+    GPTModel's output layer and called as it is. Replicated over tensor-parallel ranks (one output unit cannot be
+    split); under sequence parallelism the hidden states are gathered first, so every rank holds every value."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.sequence_parallel = config.sequence_parallel
+        self.weight = torch.nn.Parameter(torch.empty(1, config.hidden_size, dtype=config.params_dtype))
+        config.init_method(self.weight)
+
+    def forward(self, hidden_states: torch.Tensor, weight: torch.Tensor | None = None,
+                runtime_gather_output: bool | None = None) -> tuple[torch.Tensor, None]:
+        if self.sequence_parallel:
+            from megatron.core.tensor_parallel import gather_from_sequence_parallel_region
+
+            hidden_states = gather_from_sequence_parallel_region(hidden_states)
+        return F.linear(hidden_states, self.weight.to(hidden_states.dtype)), None
+
+
+def is_critic(args: Namespace) -> bool:
+    return getattr(args, "role", "actor") == "critic"
+
+
 def build_gpt_model(args: Namespace, pre_process: bool | None = None, post_process: bool | None = None
                     ) -> torch.nn.Module:
     """The model on this process's device; under bf16/fp16 inside Megatron's Float16Module (its state-dict and
@@ -173,6 +197,10 @@ def build_gpt_model(args: Namespace, pre_process: bool | None = None, post_proce
             rotary_percent=args.rotary_percent,
             rotary_base=int(args.rotary_base),
         )
+    if is_critic(args):
+        if not args.untie_embeddings_and_output_weights:
+            raise AssertionError("the critic's role arguments untie the embeddings (see role_args)")
+        model.output_layer = ValueHead(model.config)
     model = model.to(torch.device("cuda", torch.cuda.current_device()) if has_gpu() else "cpu")
     config = getattr(model, "config", None)  # a Megatron module's TransformerConfig
     if config is not None and (config.bf16 or config.fp16):

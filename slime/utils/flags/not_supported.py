@@ -20,7 +20,6 @@ ENGINES = "SGLang engines arrive with the RL rollout"
 GENERATION = "generation arrives with the SGLang rollout"
 REWARDS = "rewards arrive with the RL rollout"
 WEIGHT_SYNC = "weight sync to engines arrives with the RL rollout"
-CRITIC = "the PPO critic arrives with RL"
 MOE = "mixture-of-experts models are not supported yet"
 # Pipeline and context parallelism build in Megatron but have not been checked against world size 1's losses and
 # weights on this trainer (metrics from the last stage, packed sequences split across CP ranks). Lifting this
@@ -37,8 +36,6 @@ class Refusal:
 
 NOT_SUPPORTED: dict[str, Refusal] = {
     # cluster
-    "--critic-num-nodes": Refusal(CRITIC),
-    "--critic-num-gpus-per-node": Refusal(CRITIC),
     "--num-gpus-per-node": Refusal(f"it places SGLang engines; {ENGINES}"),
     "--offload": Refusal(ENGINES),
     "--offload-train": Refusal(ENGINES),
@@ -62,7 +59,6 @@ NOT_SUPPORTED: dict[str, Refusal] = {
     "--ckpt-format": Refusal("only torch_dist checkpoints are written and read"),
     # algorithm
     "--keep-old-actor": Refusal(RL),
-    "--num-critic-only-steps": Refusal(CRITIC),
     "--custom-megatron-before-log-prob-hook-path": Refusal(f"log-prob forwards are part of RL; {RL}"),
     # evaluation and logging
     "--log-correct-samples": Refusal(REWARDS),

@@ -129,3 +129,34 @@ def test_skipping_the_old_log_prob_pass_changes_nothing(monkeypatch):
 def test_what_needs_the_old_log_prob_pass(flag, tmp_path):
     args = rl_args(*flag, "--ref-load", str(tmp_path))
     assert needs_old_log_probs(args, num_steps=1)
+
+
+def test_critic_learns_the_returns_and_hands_the_actor_its_values(tmp_path):
+    """PPO: the critic (a value head on the actor's network, from --ref-load's weights) regresses the returns of
+    fixed rewards (its value loss falls), and the actor's GAE uses the values the critic computed."""
+    from slime.utils.arguments import role_args
+
+    save_tiny_hf_model(tmp_path / "base", "qwen3", vocab_size=512, hidden_size=64, intermediate_size=128,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    args = rl_args("--hf-checkpoint", str(tmp_path / "base"), "--ref-load", str(tmp_path / "base"),
+                   "--advantage-estimator", "ppo", "--gamma", "1.0", "--lambd", "0.95")
+    args.use_critic = True
+    critic = MegatronTrainRayActor()
+    critic.init(role_args(args, "critic"))
+    head = critic.model.module.output_layer.weight
+    assert head.shape == (1, 64)
+    samples = rl_samples(8)
+    losses = [critic.train(r, shards_for(args, samples)[0])[0]["value_loss"] for r in range(6)]
+    assert losses[-1] < 0.5 * losses[0], losses
+    values = critic.critic_values()
+    assert [v.shape[0] for v in values] == [s.response_length for s in samples]
+
+    actor = MegatronTrainRayActor()
+    actor.init(role_args(args, "actor"))
+    shard = tensorize(shards_for(args, samples)[0])
+    shard["values"] = values
+    actor._prepare_rl_data(0, shard)
+    # GAE with lambda 0.95 and the values: the last token's advantage is its reward minus its value.
+    for sample, advantage, value in zip(samples, shard["advantages"], values):
+        assert advantage[-1].item() == pytest.approx(sample.reward - value[-1].item(), abs=1e-5)
+    assert "log_probs" in shard  # PPO keeps the old-log-prob pass

@@ -289,3 +289,39 @@ def test_custom_arguments_are_added():
 
     args = parse_args(SFT_FLAGS + ["--my-flag", "9"], add_custom_arguments=add)
     assert args.my_flag == 9
+
+
+RL_RUN = ["--prompt-data", "p.jsonl", "--num-rollout", "2", "--rollout-batch-size", "2", "--n-samples-per-prompt",
+          "4", "--global-batch-size", "8", "--loss-type", "policy_loss", "--actor-num-gpus-per-node", "1"]
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    ([], "give --rollout-num-gpus N"),
+    (["--debug-train-only", "--rollout-num-gpus", "1"], "and drop --debug-train-only"),
+    (["--rollout-num-gpus", "1", "--n-samples-per-prompt", "1", "--global-batch-size", "2"],
+     "--n-samples-per-prompt of at least 2 (got 1)"),
+    (["--rollout-num-gpus", "1", "--disable-compute-advantages-and-returns"],
+     "drop --disable-compute-advantages-and-returns"),
+    (["--rollout-num-gpus", "1", "--advantage-estimator", "ppo", "--critic-num-gpus-per-node", "2"],
+     "a critic on 2 devices with an actor on 1"),
+])
+def test_what_an_rl_run_needs_is_named(extra, fragment):
+    from slime.utils.arguments import validate_run
+
+    args = parse_args(RL_RUN + extra)
+    with pytest.raises(Exception) as caught:
+        validate_run(args)
+    assert fragment in str(caught.value)
+
+
+def test_runs_that_need_nothing_more_pass_and_sft_reader_needs_no_engines():
+    from slime.utils.arguments import SFT_ROLLOUT, validate_run
+
+    validate_run(parse_args(RL_RUN + ["--rollout-num-gpus", "2"]))  # GRPO with engines
+    validate_run(parse_args(RL_RUN + ["--load-debug-rollout-data", "r_{rollout_id}.pt"]))  # replayed rollouts
+    sft = ["--prompt-data", "p.parquet", "--num-rollout", "1", "--rollout-batch-size", "2", "--global-batch-size",
+           "2", "--rollout-function-path", SFT_ROLLOUT, "--loss-type", "sft_loss",
+           "--disable-compute-advantages-and-returns"]
+    validate_run(parse_args(sft))  # SFT without --debug-train-only
+    with pytest.raises(Exception, match="drop --rollout-num-gpus"):
+        validate_run(parse_args(sft + ["--rollout-num-gpus", "1"]))

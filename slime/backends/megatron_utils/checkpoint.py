@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import re
 import shutil
 from argparse import Namespace
 from functools import partial
@@ -27,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.api import CheckpointException
 from megatron.core import dist_checkpointing, parallel_state, tensor_parallel
 from megatron.core.dist_checkpointing.mapping import ShardedObject
 from megatron.core.dist_checkpointing.serialization import (
@@ -41,6 +43,7 @@ from megatron.core.dist_checkpointing.strategies.fully_parallel import (
 
 from slime.backends.megatron_utils.cpu_bridges import cuda_literals_on_cpu
 from slime.backends.megatron_utils.hf_weights import load_hf_weights, unwrap
+from slime.utils.errors import UserError
 from slime.utils.model_dirs import hf_model_type, is_megatron_checkpoint
 
 logger = logging.getLogger(__name__)
@@ -220,6 +223,20 @@ def _materialise_adam_state(optimizer: Any) -> None:
                                      "exp_avg_sq": torch.zeros_like(param)}
 
 
+def _give_sgd_a_state_initialiser(optimizer: Any) -> None:
+    """Megatron builds SGD without the state initialiser its loader calls; SGD's only state is the momentum buffer,
+    which a fresh SGD creates at its first step, so the initialiser zeroes one per parameter for the checkpoint's
+    values to replace."""
+    def init_momentum(opt: torch.optim.Optimizer, config: Any = None) -> None:
+        for group in opt.param_groups:
+            for param in group["params"]:
+                opt.state[param].setdefault("momentum_buffer", torch.zeros_like(param))
+
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        if getattr(inner, "init_state_fn", True) is None and isinstance(inner.optimizer, torch.optim.SGD):
+            inner.init_state_fn = init_momentum
+
+
 def _restore_adam_steps(optimizer: Any) -> None:
     """torch Adam counts steps per parameter; the distributed optimizer's checkpoint keeps one count per group (as
     fused Adam does) and loads it into the groups only. Without this the bias correction would restart."""
@@ -264,12 +281,23 @@ def load_checkpoint(args: Namespace, model, optimizer, scheduler) -> int:
     if with_optimizer:
         _check_optimizer_state_fits(args, directory, metadata, saved_layout)
         _materialise_adam_state(optimizer)
+        _give_sgd_a_state_initialiser(optimizer)
     with_rng = full_resume and same_layout and not args.no_load_rng
     state = _sharded_state_dict(args, model, optimizer, scheduler, loading=True, with_optimizer=with_optimizer,
                                 with_rng=with_rng, metadata=metadata)
     strategy = FullyParallelLoadStrategyWrapper(get_default_load_sharded_strategy(directory), _data_parallel_group())
     with cuda_literals_on_cpu():
-        loaded = dist_checkpointing.load(state, directory, sharded_strategy=strategy)
+        try:
+            loaded = dist_checkpointing.load(state, directory, sharded_strategy=strategy)
+        except (CheckpointException, Exception) as exc:  # noqa: BLE001 - only a shape mismatch is re-worded
+            # (torch's CheckpointException, which carries the per-rank errors, is a BaseException)
+            mismatch = re.search(r"shape mismatch for loaded \((.*?)\) and expected \((.*?)\) tensor for key (\S+)",
+                                 str(exc))
+            if mismatch is None:
+                raise
+            raise UserError(f"the checkpoint {directory} is of another model: {mismatch[3]} has shape "
+                            f"{mismatch[1]} there and {mismatch[2]} here (do the model flags match the "
+                            "checkpoint's?)") from exc
     # What was asked for, not what is in `loaded`: the checkpoint's non-sharded parts (optimizer param groups
     # among them) always come back.
     # No autograd: in fp32 the distributed optimizer's master shards are views of the (grad-requiring) parameters.

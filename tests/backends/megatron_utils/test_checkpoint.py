@@ -61,3 +61,32 @@ def test_optimizer_state_that_cannot_load_is_explained(tmp_path):
     torch.save(common, common_path)
     with pytest.raises(ValueError, match=r"\(PP, TP\) = \(1, 2\).*--no-load-optim"):
         MegatronTrainRayActor().init(tiny_args(*flags, "--load", str(save)))
+
+
+def test_a_checkpoint_of_another_model_is_named_in_one_line(tmp_path):
+    save = tmp_path / "ckpt"
+    actor = MegatronTrainRayActor()
+    actor.init(tiny_args("--save", str(save)))
+    actor.save_model(0)
+    from slime.utils.errors import UserError
+
+    with pytest.raises(UserError, match=r"iter_0000000 is of another model: decoder.layers.mlp.linear_fc1.weight"):
+        MegatronTrainRayActor().init(tiny_args("--load", str(save), "--ffn-hidden-size", "96"))
+
+
+def test_sgd_resumes_with_its_momentum(tmp_path):
+    """Megatron builds SGD without the state initialiser its loader needs; the momentum buffers come back."""
+    save = tmp_path / "ckpt"
+    flags = ["--optimizer", "sgd", "--lr", "1e-2", "--save", str(save)]  # Megatron's SGD momentum: 0.9
+    actor = MegatronTrainRayActor()
+    actor.init(tiny_args(*flags))
+    actor.train(0, shards_for(tiny_args(*flags), random_samples(8))[0])
+    actor.save_model(0)
+    inner = getattr(actor.optimizer, "chained_optimizers", [actor.optimizer])[0].optimizer
+    buffers = [state["momentum_buffer"].clone() for state in inner.state.values()]
+    resumed = MegatronTrainRayActor()
+    assert resumed.init(tiny_args(*flags, "--load", str(save))) == 1
+    inner = getattr(resumed.optimizer, "chained_optimizers", [resumed.optimizer])[0].optimizer
+    loaded = [state["momentum_buffer"] for state in inner.state.values()]
+    assert len(loaded) == len(buffers) and all(torch.equal(a, b) for a, b in zip(loaded, buffers))
+    assert any(b.abs().sum() > 0 for b in buffers)

@@ -160,3 +160,18 @@ def test_critic_learns_the_returns_and_hands_the_actor_its_values(tmp_path):
     for sample, advantage, value in zip(samples, shard["advantages"], values):
         assert advantage[-1].item() == pytest.approx(sample.reward - value[-1].item(), abs=1e-5)
     assert "log_probs" in shard  # PPO keeps the old-log-prob pass
+
+
+def test_ref_update_interval_makes_the_actor_the_reference(tmp_path):
+    save_tiny_hf_model(tmp_path / "ref", "qwen3", vocab_size=512, hidden_size=64, intermediate_size=128,
+                       num_attention_heads=4, num_key_value_heads=2, head_dim=16)
+    base = ["--hf-checkpoint", str(tmp_path / "ref"), "--ref-load", str(tmp_path / "ref"), "--use-kl-loss",
+            "--kl-loss-coef", "0.1", "--kl-loss-type", "k3"]
+    kl = {}
+    for interval in (None, 1):
+        args = rl_args(*base, *(["--ref-update-interval", str(interval)] if interval else []))
+        actor = MegatronTrainRayActor()
+        actor.init(args)
+        actor.train(0, shards_for(args, rl_samples(8))[0])
+        kl[interval] = actor.train(1, shards_for(args, rl_samples(8, seed=1))[0])[0]["kl_loss"]
+    assert kl[None] > 1e-6 and kl[1] == pytest.approx(0.0, abs=1e-7)

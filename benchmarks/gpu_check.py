@@ -13,15 +13,20 @@ Rows:
   resumed step's loss equal to the uninterrupted one;
 - the HF export equal to the weights;
 - the fused, chunked log-prob / entropy on bf16 logits of Qwen3's vocabulary equal to the plain full-width path
-  (values and gradients), with its time and peak memory next to the plain path's.
+  (values and gradients), with its time and peak memory next to the plain path's;
+- RL (benchmarks/gpu_check_rl.py): a GRPO rollout of two optimizer steps with the reference model swapped in and
+  the old-log-prob pass, a PPO critic's value head learning fixed rewards, and the weight-sync payloads on CUDA
+  (CUDA IPC buckets opened by another process, an NCCL group of one, checksums of device tensors).
 
-`--dry-run` runs the same code on the CPU with tiny shapes in fp32 (Transformer Engine rows are skipped): it checks
-the script's plumbing, and the tests run it.
+`--dry-run` runs the same code on the CPU with tiny shapes in fp32 (Transformer Engine and NCCL rows are skipped):
+it checks the script's plumbing, and the tests run it. `--only rl` runs the environment and RL rows alone, and
+merges them into an existing JSON in place of their earlier results.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.metadata
 import json
 import math
@@ -39,6 +44,7 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from gpu_check_rl import RL_ROWS, RLChecks  # noqa: E402
 from slime.backends.megatron_utils.actor import MegatronTrainRayActor  # noqa: E402
 from slime.backends.megatron_utils.checkpoint import finalize_async_save  # noqa: E402
 from slime.backends.megatron_utils.hf_weights import iter_hf_tensors, save_hf_weights  # noqa: E402
@@ -103,7 +109,7 @@ def release(*actors: MegatronTrainRayActor) -> None:
         torch.cuda.empty_cache()
 
 
-class Check:
+class Check(RLChecks):
     def __init__(self, dry_run: bool, workdir: Path):
         self.dry_run, self.workdir = dry_run, workdir
         self.rows: list[dict[str, Any]] = []
@@ -128,8 +134,11 @@ class Check:
             fn()
         except Exception as exc:  # noqa: BLE001 - one failed check must not hide the others
             traceback.print_exc()
-            self.row(name, "FAIL", f"{type(exc).__name__}: {exc}"[:300])
+            self.row(name, "FAIL", " ".join(f"{type(exc).__name__}: {exc}".split())[:300])
         finally:
+            # A trainer's model and optimizer reference each other (the config's grad-scale and no-sync hooks):
+            # only the cycle collector returns their GPU memory before the next row builds its own.
+            gc.collect()
             if has_gpu():
                 torch.cuda.empty_cache()
 
@@ -168,7 +177,7 @@ class Check:
                  tokens_per_s=median["tokens_per_s"], mfu=median["mfu"], peak_gib=peak, estimate_gib=estimate)
         release(actor)
 
-    def _weights_dir(self) -> Path:
+    def weights_dir(self) -> Path:
         """Random weights as an HF checkpoint, so the fp32 and bf16 trainers start from the same values."""
         directory = self.workdir / "weights"
         if directory.exists():
@@ -190,11 +199,15 @@ class Check:
         return directory
 
     def _small(self, spec: str, fp32: bool = False, *extra: str) -> tuple[argparse.Namespace, MegatronTrainRayActor]:
-        weights = str(self._weights_dir())
-        args = run_flags(self.small_model, 4 * self.small_seq, 4, "--transformer-impl", spec, "--hf-checkpoint",
+        args = self.small_flags(spec, *extra)
+        return args, trainer(args, fp32=fp32)
+
+    def small_flags(self, spec: str, *extra: str) -> argparse.Namespace:
+        """The Qwen3-0.6B-shaped (tiny for --dry-run) model's SFT flags, starting from weights_dir()'s weights."""
+        weights = str(self.weights_dir())
+        return run_flags(self.small_model, 4 * self.small_seq, 4, "--transformer-impl", spec, "--hf-checkpoint",
                          weights, "--load", weights, "--attention-backend",
                          "auto" if spec == "local" else self.attention_backend, *extra)
-        return args, trainer(args, fp32=fp32)
 
     def bf16_against_fp32(self) -> None:
         args, reference = self._small("local", fp32=True)
@@ -312,8 +325,11 @@ class Check:
                  max_value_error=value_error, max_grad_error=grad_error, fused_ms=1000 * fused_s,
                  plain_ms=1000 * plain_s, fused_extra_gib=fused_gib, plain_extra_gib=plain_gib)
 
-    def run(self) -> None:
+    def run(self, only: str | None = None) -> None:
         self.guarded("environment", self.environment)
+        if only == "rl":
+            self.rl_rows()
+            return
         self.guarded("qwen3-4B step, full recompute", self.big_step)
         if "transformer_engine" not in self.specs:
             self.row("bf16 step (transformer_engine spec)", "skipped",
@@ -321,6 +337,7 @@ class Check:
         self.guarded("bf16 step (fp32 reference)", self.bf16_against_fp32)
         self.guarded("checkpoint save (async) + load + resume", self.checkpoint)
         self.guarded("fused log-prob = plain path", self.fused_log_probs)
+        self.rl_rows()
 
 
 def print_table(rows: list[dict[str, Any]]) -> None:
@@ -335,23 +352,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="Tiny shapes on the CPU: check the plumbing.")
     parser.add_argument("--output", help="Where the JSON goes (default: benchmarks/results/gpu_check.json; a dry run "
                         "writes none unless asked, so it never replaces measured GPU numbers).")
+    parser.add_argument("--only", choices=["rl"], help="Run the environment row and these rows alone (rl: "
+                        f"{', '.join(RL_ROWS)}); their results replace the same rows of an existing --output JSON, "
+                        "whose other rows are kept.")
     options = parser.parse_args(argv)
     if not options.dry_run and not has_gpu():
         parser.error("no GPU here: use --dry-run to check the script on the CPU")
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as workdir:
         check = Check(options.dry_run, Path(workdir))
-        check.run()
+        check.run(options.only)
     print_table(check.rows)
     seconds = time.monotonic() - started
     print(f"\n{len(check.rows)} checks in {seconds:.0f} s")
     output = options.output or (None if options.dry_run else str(REPO / "benchmarks" / "results" / "gpu_check.json"))
     if output:
+        report = {"date": time.strftime("%Y-%m-%d"), "dry_run": options.dry_run, "seconds": seconds,
+                  "rows": check.rows}
+        if options.only and os.path.exists(output):
+            report = merged(output, report)
         os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         with open(output, "w") as f:
-            json.dump({"date": time.strftime("%Y-%m-%d"), "dry_run": options.dry_run, "seconds": seconds,
-                       "rows": check.rows}, f, indent=2)
+            json.dump(report, f, indent=2)
     return 1 if any(r["status"] == "FAIL" for r in check.rows) else 0
+
+
+def merged(path: str, report: dict[str, Any]) -> dict[str, Any]:
+    """The earlier report at `path` with this partial run's rows in place of (or after) its rows of the same name;
+    its other rows, and what it says about the machine and the run, are kept and named as earlier results."""
+    with open(path) as f:
+        earlier = json.load(f)
+    fresh = {row["check"]: row for row in report["rows"]}
+    kept = [row["check"] for row in earlier.get("rows", []) if row["check"] not in fresh]
+    rows = [fresh.pop(row["check"], row) for row in earlier.get("rows", [])] + list(fresh.values())
+    return {**earlier, **report, "rows": rows, "rows_from_earlier_run": kept,
+            "earlier_run": {k: earlier[k] for k in ("date", "seconds", "command", "code") if k in earlier}}
 
 
 if __name__ == "__main__":

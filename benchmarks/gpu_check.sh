@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # The GPU readiness check (benchmarks/gpu_check.py): one GPU, under 10 minutes, a table of what the seed's 8-GPU run
 # relies on (TE / flash-attn found, bf16 steps against fp32, packed attention, async checkpoint + resume, HF export,
-# Qwen3-4B-shaped tokens/s, MFU and peak memory against the estimate, the fused log-prob against the plain path).
+# Qwen3-4B-shaped tokens/s, MFU and peak memory against the estimate, the fused log-prob against the plain path;
+# RL: a GRPO step with the reference model and old log-probs, a PPO critic, weight-sync payloads on CUDA and NCCL).
 # Results also go to benchmarks/results/gpu_check.json (not for --dry-run, unless --output is given).
 #   bash benchmarks/gpu_check.sh             # on a GPU machine (needs megatron-core: benchmarks/gpu_requirements.txt)
+#   bash benchmarks/gpu_check.sh --only rl   # the RL rows alone, merged into the JSON in place of their old results
 #   bash benchmarks/gpu_check.sh --dry-run   # anywhere: tiny shapes on the CPU, checks the script itself
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -54,10 +54,15 @@ class FlattenedTensorMetadata:
 def flatten_bucket(
     named_tensors: Iterable[tuple[str, torch.Tensor]],
 ) -> tuple[torch.Tensor, list[FlattenedTensorMetadata]]:
-    """All tensors' bytes back to back in one uint8 tensor (dtypes may differ), plus where each one is."""
+    """All tensors' bytes in one uint8 tensor (dtypes may differ), plus where each one is. Each tensor starts at a
+    multiple of its element size (padding bytes between), so every one can be viewed back in its own dtype."""
     chunks, metadata, offset = [], [], 0
     for name, tensor in named_tensors:
         raw = tensor.detach().contiguous().view(-1).view(torch.uint8)
+        pad = -offset % tensor.element_size()
+        if pad:
+            chunks.append(torch.zeros(pad, dtype=torch.uint8, device=raw.device))
+            offset += pad
         metadata.append(FlattenedTensorMetadata(name, tensor.shape, tensor.dtype, offset, offset + raw.numel(),
                                                 tensor.numel()))
         chunks.append(raw)

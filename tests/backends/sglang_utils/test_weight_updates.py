@@ -145,3 +145,15 @@ def test_weights_checker_reports_checksums_under_hf_names(engine_a, model_a):
     assert tensor_checksum(torch.zeros(2)) != tensor_checksum(torch.zeros(2, dtype=torch.float64))
     refused = post(engine_a.url, "/weights_checker", {"action": "snapshot"})
     assert refused.status_code == 400 and "only 'checksum'" in refused.json()["message"]
+
+
+def test_a_flattened_bucket_of_mixed_dtypes_unpacks_exactly():
+    """A bf16 tensor with an odd element count followed by fp32 ones: each must start on its element size."""
+    from slime.backends.sglang_utils.weight_sync import unflatten_bucket
+
+    bucket = [("a", torch.randn(3).to(torch.bfloat16)), ("b", torch.randn(2, 3)), ("c", torch.arange(5).to(torch.int8)),
+              ("d", torch.randn(4).double())]
+    flat, metadata = flatten_bucket(bucket)
+    assert [m.start_idx % t.element_size() for m, (_, t) in zip(metadata, bucket)] == [0, 0, 0, 0]
+    for (name, tensor), (got_name, got) in zip(bucket, unflatten_bucket(flat, metadata)):
+        assert name == got_name and got.dtype == tensor.dtype and torch.equal(got, tensor)

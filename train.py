@@ -7,7 +7,9 @@ from slime.ray.driver import (
     main,
     ray_session,
     save,
+    generate,
     set_num_rollout,
+    sync_weights,
     train_step,
 )
 from slime.ray.placement_group import create_placement_groups
@@ -22,20 +24,22 @@ def train(args) -> dict:
         rollout_manager = create_rollout_manager(args, placements["rollout"])
         num_rollout_per_epoch = set_num_rollout(args, rollout_manager)
         actor_model, critic_model = create_training_models(args, placements["actor"], rollout_manager)
-        actor_model.update_weights()  # engines start from the trainer's weights (a no-op for SFT)
+        if args.offload_rollout:
+            wait_all([rollout_manager.offload.remote()], "the engines to release their memory")
+        sync_weights(args, rollout_manager, actor_model)  # engines start from the trainer's weights (no-op for SFT)
         progress = Progress(args)
 
         if args.eval_interval is not None and args.start_rollout_id == 0 and not args.skip_eval_before_train:
             evaluate(args, 0, rollout_manager, actor_model, progress)
 
         for rollout_id in range(args.start_rollout_id, args.num_rollout):
-            boxes, rollout_metrics = wait_all([rollout_manager.generate.remote(rollout_id)], f"rollout {rollout_id}")[0]
+            boxes, rollout_metrics = generate(args, rollout_manager, rollout_id)
             step_metrics = train_step(args, rollout_id, boxes, actor_model, critic_model)
             progress.log(rollout_id, rollout_metrics, step_metrics)
 
             if should_run_periodic_action(rollout_id, args.save_interval, num_rollout_per_epoch, args.num_rollout):
                 save(rollout_id, actor_model, rollout_manager, critic_model)
-            progress.log_sync(rollout_id, actor_model.update_weights())
+            progress.log_sync(rollout_id, sync_weights(args, rollout_manager, actor_model))
             if should_run_periodic_action(rollout_id, args.eval_interval, num_rollout_per_epoch):
                 evaluate(args, rollout_id, rollout_manager, actor_model, progress)
 

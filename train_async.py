@@ -10,6 +10,7 @@ from slime.ray.driver import (
     ray_session,
     save,
     set_num_rollout,
+    sync_weights,
     train_step,
 )
 from slime.ray.placement_group import create_placement_groups
@@ -27,7 +28,7 @@ def train(args) -> dict:
         rollout_manager = create_rollout_manager(args, placements["rollout"])
         num_rollout_per_epoch = set_num_rollout(args, rollout_manager)
         actor_model, critic_model = create_training_models(args, placements["actor"], rollout_manager)
-        actor_model.update_weights()
+        sync_weights(args, rollout_manager, actor_model)
         progress = Progress(args)
 
         next_rollout = rollout_manager.generate.remote(args.start_rollout_id)
@@ -48,7 +49,7 @@ def train(args) -> dict:
                 # Weights must not change under an in-flight generation: take it first, then sync.
                 if next_rollout is not None:
                     fetched, next_rollout = wait_all([next_rollout], f"rollout {rollout_id + 1}")[0], None
-                progress.log_sync(rollout_id, actor_model.update_weights())
+                progress.log_sync(rollout_id, sync_weights(args, rollout_manager, actor_model))
             if should_run_periodic_action(rollout_id, args.eval_interval, num_rollout_per_epoch):
                 evaluate(args, rollout_id, rollout_manager, actor_model, progress)
 

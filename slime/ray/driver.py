@@ -141,6 +141,29 @@ def create_training_models(args: Namespace, placement: Placement, rollout_manage
     return actor_model, critic_model
 
 
+def sync_weights(args: Namespace, rollout_manager: Any, actor_model: RayTrainGroup) -> dict[str, float]:
+    """Push the trainer's weights to the engines, in slime's order: restart engines that died
+    (--use-fault-tolerance; they come back with --hf-checkpoint's weights and new addresses), give the engines their
+    weight memory back (--offload-rollout), push, then their KV cache."""
+    if args.use_fault_tolerance and wait_all([rollout_manager.recover_engines.remote()], "engine recovery")[0]:
+        actor_model.connect_engines(wait_all([rollout_manager.engine_urls.remote()], "the engines' addresses")[0])
+    if args.offload_rollout:
+        wait_all([rollout_manager.onload.remote(["weights"])], "the engines' weight memory")
+    metrics = actor_model.update_weights()
+    if args.offload_rollout:
+        wait_all([rollout_manager.onload.remote(["kv_cache", "cuda_graph"])], "the engines' KV cache")
+    return metrics
+
+
+def generate(args: Namespace, rollout_manager: Any, rollout_id: int) -> tuple[list, dict[str, Any]]:
+    """Rollout `rollout_id` as per-DP-rank boxes and its metrics; with --offload-rollout the engines then release
+    their memory for the trainers."""
+    boxes, metrics = wait_all([rollout_manager.generate.remote(rollout_id)], f"rollout {rollout_id}")[0]
+    if args.offload_rollout:
+        wait_all([rollout_manager.offload.remote()], "the engines to release their memory")
+    return boxes, metrics
+
+
 def train_step(args: Namespace, rollout_id: int, boxes: list, actor_model: RayTrainGroup,
                critic_model: RayTrainGroup | None) -> list[dict[str, float]]:
     """slime's order: the critic trains first and hands the actor its values; the actor waits out

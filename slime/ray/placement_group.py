@@ -43,7 +43,8 @@ def placement_layout(args: Namespace) -> tuple[int, int]:
     actor = args.actor_num_nodes * args.actor_num_gpus_per_node
     if args.debug_train_only:
         return actor, 0
-    rollout = args.rollout_num_gpus or 0
+    # External engines (--rollout-external-engine-addrs) run elsewhere: nothing to reserve for them.
+    rollout = 0 if args.rollout_external else (args.rollout_num_gpus or 0)
     if args.debug_rollout_only:
         return rollout, 0
     if args.colocate:

@@ -30,6 +30,8 @@ from slime.utils.misc import load_function, load_tokenizer
 from slime.utils.types import Sample
 
 logger = logging.getLogger(__name__)
+# Aborting is best-effort per engine: one that does not answer within a few tries has died with its requests.
+ABORT_RETRIES = 3
 
 
 class GenerateState:
@@ -40,7 +42,8 @@ class GenerateState:
     def __init__(self, args: Namespace):
         self.args = args
         self.tokenizer = load_tokenizer(args.hf_checkpoint)
-        num_engines = max(1, (args.rollout_num_gpus or 1) // args.rollout_num_gpus_per_engine)
+        num_engines = (len(args.rollout_external_engine_addrs) if args.rollout_external
+                       else max(1, (args.rollout_num_gpus or 1) // args.rollout_num_gpus_per_engine))
         self.semaphore = asyncio.Semaphore(args.sglang_server_concurrency * num_engines)
         self.sampling_params = sampling_params_from_args(args)
         self.reset()
@@ -82,8 +85,10 @@ def _prompt_ids(state: GenerateState, sample: Sample) -> list[int]:
     return state.tokenizer.encode(sample.prompt, add_special_tokens=False)
 
 
-async def generate(args: Namespace, sample: Sample, sampling_params: dict[str, Any]) -> Sample:
-    """One request to the router; the response tokens, their log-probs and the finish reason grow the sample."""
+async def generate(args: Namespace, sample: Sample, sampling_params: dict[str, Any],
+                   evaluation: bool = False) -> Sample:
+    """One request to the router; the response tokens, their log-probs and the finish reason grow the sample.
+    The context limit is `--eval-max-context-len` for evaluation, `--rollout-max-context-len` otherwise."""
     state = GenerateState.get(args)
     prompt_ids = _prompt_ids(state, sample)
     if not sample.tokens:
@@ -94,7 +99,7 @@ async def generate(args: Namespace, sample: Sample, sampling_params: dict[str, A
         if params["max_new_tokens"] <= 0:
             sample.status = Sample.Status.TRUNCATED
             return sample
-    context_limit = args.rollout_max_context_len
+    context_limit = args.eval_max_context_len if evaluation else args.rollout_max_context_len
     if context_limit is not None:
         room = context_limit - len(prompt_ids)
         if room <= 0:
@@ -121,7 +126,7 @@ async def _call_generate(args: Namespace, sample: Sample, sampling_params: dict[
                          evaluation: bool) -> Sample | list[Sample]:
     path = sample.generate_function_path or args.custom_generate_function_path
     if path is None:
-        return await generate(args, sample, sampling_params)
+        return await generate(args, sample, sampling_params, evaluation=evaluation)
     fn = load_function(path)
     if "evaluation" in inspect.signature(fn).parameters:
         return await fn(args, sample, sampling_params, evaluation=evaluation)
@@ -130,17 +135,21 @@ async def _call_generate(args: Namespace, sample: Sample, sampling_params: dict[
 
 async def generate_and_rm(args: Namespace, sample: Sample, sampling_params: dict[str, Any],
                           evaluation: bool = False) -> Sample | list[Sample]:
-    """Generate (unless already finished) and score one sample; aborted samples get no reward."""
+    """Generate and score one sample; aborted samples get no reward. A sample that comes back from the buffer
+    already finished (partial rollout) is returned as it is, with the reward it got then."""
     state = GenerateState.get(args)
     if args.partial_rollout and args.mask_offpolicy_in_partial_rollout and sample.response_length > 0:
         # Tokens generated under an older policy stay in the context but are not trained.
         sample.loss_mask = [0] * sample.response_length
-    if sample.status not in (Sample.Status.COMPLETED, Sample.Status.TRUNCATED):
-        async with state.semaphore:
-            if state.aborted:
-                sample.status = Sample.Status.ABORTED
-                return sample
-            sample = await _call_generate(args, sample, sampling_params, evaluation)
+    if sample.status in (Sample.Status.COMPLETED, Sample.Status.TRUNCATED):
+        if sample.reward is None and not args.group_rm:
+            raise RuntimeError(f"sample {sample.index} came back finished ({sample.status.value}) without a reward")
+        return sample
+    async with state.semaphore:
+        if state.aborted:
+            sample.status = Sample.Status.ABORTED
+            return sample
+        sample = await _call_generate(args, sample, sampling_params, evaluation)
     for hook_path in args.rollout_sample_hook_path or []:
         load_function(hook_path)(args, sample)
     samples = sample if isinstance(sample, list) else [sample]
@@ -187,13 +196,20 @@ async def abort(args: Namespace, rollout_id: int) -> list[list[Sample]]:
     state.aborted = True
     workers = await get(router_url(args, "/workers"))
     urls = [w["url"] if isinstance(w, dict) else w for w in workers.get("workers", workers.get("urls", []))]
-    await asyncio.gather(*(post(f"{url}/abort_request", {"abort_all": True}) for url in urls))
+    for url, result in zip(urls, await asyncio.gather(
+            *(post(f"{url}/abort_request", {"abort_all": True}, retries=ABORT_RETRIES) for url in urls),
+            return_exceptions=True)):
+        if isinstance(result, Exception):
+            # An engine that cannot be reached has nothing in flight any more: its requests failed with it (and
+            # their retries go through the router to the engines that were just told to abort).
+            logger.warning("abort: %s did not answer (%s)", url, result)
     returned = []
     for task in asyncio.as_completed(state.pendings):
         group = await task
         if args.partial_rollout:
             for sample in group:
-                sample.metadata.setdefault("start_rollout_id", rollout_id)
+                if sample.response_length and "start_rollout_id" not in sample.metadata:
+                    sample.metadata["start_rollout_id"] = rollout_id
             returned.append(group)
     state.pendings = set()
     return returned
@@ -256,34 +272,59 @@ def _apply_sample_processors(args: Namespace, groups: list[list[Sample]], data_s
 
 
 _EVAL_DATASETS: dict[str, Dataset] = {}
+# --eval-config keys that override, for one dataset, the sampling parameter named next to them (slime's runtime
+# overrides; `n_samples_per_eval_prompt` overrides the flag of that name).
+_EVAL_SAMPLING_OVERRIDES = {"temperature": "temperature", "top_p": "top_p", "top_k": "top_k",
+                            "max_response_len": "max_new_tokens", "stop": "stop", "stop_token_ids": "stop_token_ids"}
 
 
 async def eval_rollout(args: Namespace, rollout_id: int) -> dict[str, dict[str, list[Any]]]:
-    """Every eval dataset, `--n-samples-per-eval-prompt` samples per prompt, with the eval sampling overrides."""
+    """Every eval dataset at once, `--n-samples-per-eval-prompt` samples per prompt, with the eval sampling
+    flags (`--eval-temperature`, ...) and an `--eval-config` entry's own values over them."""
+    if args.group_rm:
+        raise ValueError("--group-rm does not apply to evaluation (slime refuses it too); give a per-sample "
+                         "reward for eval with --eval-function-path or drop --group-rm")
+    GenerateState.get(args).reset()
+    results = await asyncio.gather(*(_eval_dataset(args, entry) for entry in args.eval_datasets))
+    return {entry["name"]: result for entry, result in zip(args.eval_datasets, results)}
+
+
+async def _eval_dataset(args: Namespace, entry: dict[str, Any]) -> dict[str, list[Any]]:
     from slime.rollout.data_source import build_dataset
 
-    GenerateState.get(args).reset()
+    name = entry["name"]
+    if name not in _EVAL_DATASETS:
+        _EVAL_DATASETS[name] = build_dataset(args, entry["path"])
+    dataset = _EVAL_DATASETS[name]
     sampling_params = sampling_params_from_args(args, evaluation=True)
-    results = {}
-    for entry in args.eval_datasets:
-        name = entry["name"]
-        if name not in _EVAL_DATASETS:
-            _EVAL_DATASETS[name] = build_dataset(args, entry["path"])
-        prompts = _EVAL_DATASETS[name].samples(range(len(_EVAL_DATASETS[name])))
-        samples = []
-        for i, prompt in enumerate(prompts):
-            for j in range(args.n_samples_per_eval_prompt):
-                sample = copy.deepcopy(prompt)
-                sample.index, sample.group_index = i * args.n_samples_per_eval_prompt + j, i
-                samples.append(sample)
-        done = await asyncio.gather(*(generate_and_rm(args, s, sampling_params, evaluation=True) for s in samples))
-        key = args.eval_reward_key
-        results[name] = {
-            "rewards": [s.reward[key] if key else s.reward for s in done],
-            "truncated": [s.status == Sample.Status.TRUNCATED for s in done],
-            "samples": list(done),
-        }
-    return results
+    sampling_params.update({param: entry[key] for key, param in _EVAL_SAMPLING_OVERRIDES.items()
+                            if entry.get(key) is not None})
+    n_samples = int(entry.get("n_samples_per_eval_prompt") or args.n_samples_per_eval_prompt)
+    tasks = []
+    for i, prompt in enumerate(dataset.samples(range(len(dataset)))):
+        for j in range(n_samples):
+            sample = copy.deepcopy(prompt)
+            sample.index, sample.group_index = i * n_samples + j, i
+            params = dict(sampling_params)
+            if getattr(args, "sglang_enable_deterministic_inference", False):
+                params["sampling_seed"] = args.rollout_seed + j
+            tasks.append(generate_and_rm(args, sample, params, evaluation=True))
+    done = list(await asyncio.gather(*tasks))
+    return {
+        "rewards": [_eval_reward(args, s) for s in done],
+        "truncated": [s.status == Sample.Status.TRUNCATED for s in done],
+        "samples": done,
+    }
+
+
+def _eval_reward(args: Namespace, sample: Sample) -> Any:
+    key = args.eval_reward_key
+    if not key:
+        return sample.reward
+    if not isinstance(sample.reward, dict) or key not in sample.reward:
+        raise ValueError(f"--eval-reward-key {key}: the reward of eval sample {sample.index} is {sample.reward!r}, "
+                         "not a dict with that key")
+    return sample.reward[key]
 
 
 class _LoopThread:
@@ -305,13 +346,8 @@ class _LoopThread:
 def generate_rollout(args: Namespace, rollout_id: int, data_source: Any,
                      evaluation: bool = False) -> RolloutFnTrainOutput | RolloutFnEvalOutput:
     if evaluation:
-        data = _LoopThread.run(eval_rollout(args, rollout_id))
-        metrics = {}
-        for name, result in data.items():
-            rewards = [float(r) for r in result["rewards"]]
-            metrics[f"eval/{name}"] = sum(rewards) / max(len(rewards), 1)
-            metrics[f"eval/{name}/truncated"] = sum(result["truncated"]) / max(len(rewards), 1)
-        return RolloutFnEvalOutput(data=data, metrics=metrics)
+        # The rollout manager turns the results into eval/<name> metrics, for this and any other eval function.
+        return RolloutFnEvalOutput(data=_LoopThread.run(eval_rollout(args, rollout_id)))
     groups, metrics, recycled = _LoopThread.run(generate_rollout_async(args, rollout_id, data_source.get_samples))
     if recycled:
         data_source.add_samples(recycled)

@@ -141,13 +141,13 @@ _ROLE_IGNORED_KEYS = ("num_nodes", "num_gpus_per_node")
 
 def _refuse_not_supported(args: argparse.Namespace, parser: SlimeArgumentParser) -> None:
     """Exit with every "not supported yet" flag at once: the command line's, then each role's overrides."""
-    refused = not_supported.refusals(args, parser, args.sglang_passthrough)
+    refused = not_supported.refusals(args, parser)
     defaults = {a.dest: parser.get_default(a.dest) for a in parser._actions}
     for role, overrides in args.megatron_role_overrides.items():
         # Defaults plus this role's overrides, so that only what the role itself sets is named.
         role_view = argparse.Namespace(**{**defaults, **overrides})
         refused += [f"{message} [--megatron-config-path, role {role}]"
-                    for message in not_supported.refusals(role_view, parser, [])]
+                    for message in not_supported.refusals(role_view, parser)]
     if refused:
         parser.error("; ".join(refused))
 
@@ -305,16 +305,13 @@ def _validate_slime_args(args: argparse.Namespace) -> None:
         args.debug_train_only = True
     if args.debug_rollout_only and args.debug_train_only:
         raise ArgumentValidationError("--debug-rollout-only and --debug-train-only exclude each other")
-    if args.debug_rollout_only and not args.rollout_num_gpus:
+    if args.debug_rollout_only and not (args.rollout_num_gpus or args.rollout_external_engine_addrs):
         raise ArgumentValidationError("--debug-rollout-only generates with inference engines: give --rollout-num-gpus "
                                       "(on a machine without GPUs, the number of CPU engine processes)")
     args.rollout_external = args.rollout_external_engine_addrs is not None
     args.use_critic = args.advantage_estimator == "ppo"
-    if not args.use_critic and (args.critic_num_nodes or args.critic_num_gpus_per_node or args.num_critic_only_steps):
-        raise ArgumentValidationError("--critic-num-nodes/--critic-num-gpus-per-node/--num-critic-only-steps need "
-                                      "the critic of --advantage-estimator ppo")
-    args.critic_world_size = (args.critic_num_nodes or args.actor_num_nodes) * \
-        (args.critic_num_gpus_per_node or args.actor_num_gpus_per_node)
+    if not args.use_critic and args.num_critic_only_steps:
+        raise ArgumentValidationError("--num-critic-only-steps needs the critic of --advantage-estimator ppo")
     if args.offload:
         args.offload_train = args.offload_rollout = True
     del args.offload
@@ -388,7 +385,8 @@ def validate_run(args: argparse.Namespace) -> None:
     if not args.compute_advantages_and_returns:
         raise ArgumentValidationError("--loss-type policy_loss trains on advantages: drop "
                                       "--disable-compute-advantages-and-returns")
-    if not args.debug_rollout_only and not replays and (args.debug_train_only or not args.rollout_num_gpus):
+    engines = bool(args.rollout_num_gpus or args.rollout_external_engine_addrs)
+    if not args.debug_rollout_only and not replays and (args.debug_train_only or not engines):
         raise ArgumentValidationError(
             "RL (--loss-type policy_loss) generates its rollouts with inference engines: give --rollout-num-gpus N "
             "(on a machine without GPUs, N CPU engine processes), or --load-debug-rollout-data to replay saved "
@@ -397,12 +395,6 @@ def validate_run(args: argparse.Namespace) -> None:
         raise ArgumentValidationError(
             f"--advantage-estimator {args.advantage_estimator} compares the samples of a prompt's group: give "
             f"--n-samples-per-prompt of at least 2 (got {args.n_samples_per_prompt})")
-    if args.use_critic and args.critic_world_size != args.actor_num_nodes * args.actor_num_gpus_per_node:
-        raise NotSupportedError(
-            f"a critic on {args.critic_world_size} devices with an actor on "
-            f"{args.actor_num_nodes * args.actor_num_gpus_per_node}",
-            "the critic hands each actor rank the values of the same shard, so it shares the actor's layout; drop "
-            "--critic-num-nodes/--critic-num-gpus-per-node")
 
 
 # Megatron flag name -> (HF config key, how to read the HF value).

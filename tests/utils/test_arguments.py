@@ -65,18 +65,18 @@ def test_seed_sft_script_parses_with_slime_semantics(script_flags):
     assert args.save == "/root/Qwen3-4B-Base_slime/" and args.save_interval == 1000
 
 
-def test_grpo_script_is_refused_naming_its_rl_flags(capsys):
-    err = expect_error(capsys, GRPO_FLAGS + ["--ref-load", str(REPO_ROOT)])
-    line = err.splitlines()[-1]
-    for given in ("--colocate, --sglang-mem-fraction-static 0.7 (SGLang engines arrive with the RL rollout)",
-                  "--use-kl-loss (it needs the reference model", "--n-samples-per-eval-prompt 16",
-                  "--eval-top-p 1.0", "not supported yet: training on generated rollouts"):
-        assert given in line, line
-    # Its training flags are slime's and work, and so do its generation and reward flags: they are not named.
-    for flag in ("--tensor-model-parallel-size", "--sequence-parallel", "--balance-data", "--eps-clip",
-                 "--advantage-estimator", "--kl-loss-coef", "--pipeline-model-parallel-size",
-                 "--rollout-num-gpus-per-engine", "--rm-type", "--rollout-max-response-len", "--over-sampling"):
-        assert flag not in line
+def test_slimes_grpo_script_runs_its_checks_with_nothing_refused(script_flags):
+    """scripts/run-qwen3-4B.sh (slime's example) parses, nothing in it is refused, and it passes the run checks;
+    its flags are the ones this file's GRPO_FLAGS spell out."""
+    from slime.utils.arguments import validate_run
+
+    arrays = ("ROLLOUT_ARGS", "EVAL_ARGS", "PERF_ARGS", "GRPO_ARGS", "OPTIMIZER_ARGS", "SGLANG_ARGS", "MISC_ARGS")
+    flags = script_flags(REPO_ROOT / "scripts" / "run-qwen3-4B.sh", *arrays)
+    cluster = ["--actor-num-nodes", "1", "--actor-num-gpus-per-node", "8", "--colocate"]
+    assert sorted(flags + cluster) == sorted(GRPO_FLAGS)
+    args = parse_args(flags + cluster + ["--ref-load", str(REPO_ROOT)])
+    validate_run(args)
+    assert args.loss_type == "policy_loss" and args.colocate and args.rollout_num_gpus == 8
 
 
 def test_slime_validation_of_the_grpo_script():
@@ -134,12 +134,13 @@ def test_abbreviations_are_not_accepted(capsys):
     expect_error(capsys, SFT_FLAGS + ["--rollout-max-context", "10"], "unknown flag --rollout-max-context")
 
 
-def test_sglang_flags_are_refused_until_engines_exist(capsys):
-    err = expect_error(capsys, SFT_FLAGS + ["--sglang-cuda-graph-max-bs", "512", "--sglang-enable-metrics",
-                                            "--sglang-mem-fraction-static", "0.8"])
-    assert err.splitlines()[-1].endswith(
-        "error: not supported yet: --sglang-mem-fraction-static 0.8, --sglang-cuda-graph-max-bs, "
-        "--sglang-enable-metrics (SGLang engines arrive with the RL rollout)")
+def test_sglang_flags_reach_the_server_command():
+    from slime.backends.sglang_utils.sglang_engine import _declared_flags, _passthrough_flags
+
+    args = parse_args(SFT_FLAGS + ["--sglang-cuda-graph-max-bs", "512", "--sglang-enable-metrics",
+                                   "--sglang-mem-fraction-static", "0.8"])
+    assert _declared_flags(args) == ["--mem-fraction-static", "0.8"]  # the CPU engine honours these too
+    assert _passthrough_flags(args) == ["--cuda-graph-max-bs", "512", "--enable-metrics"]
 
 
 def test_sglang_pass_through_flags_are_split_from_argv():
@@ -209,8 +210,8 @@ def test_megatron_config_overrides_the_actor_role(tmp_path):
 @pytest.mark.parametrize("overrides, message", [
     ({"lrr": 1}, "role actor overrides unknown flag 'lrr' (did you mean lr?)"),
     ({"tensor_model_parallel_size": 2}, "not supported yet: --megatron-config-path"),
-    ({"use_kl_loss": True}, "not supported yet: --use-kl-loss (it needs the reference model; RL arrives with the "
-                            "SGLang rollout) [--megatron-config-path, role actor]"),
+    ({"keep_old_actor": True}, "not supported yet: --keep-old-actor (a second copy of the actor for the old policy "
+                               "is not implemented) [--megatron-config-path, role actor]"),
     ({"lr": "fast"}, "lr: 'fast' is not a float"),
 ])
 def test_megatron_config_mistakes(tmp_path, capsys, overrides, message):
@@ -218,9 +219,12 @@ def test_megatron_config_mistakes(tmp_path, capsys, overrides, message):
     expect_error(capsys, SFT_FLAGS + flags, message)
 
 
-def test_megatron_config_critic_role_is_refused(tmp_path, capsys):
-    flags = write_megatron_config(tmp_path / "roles.yaml", [{"name": "c", "role": "critic", "overrides": {}}])
-    expect_error(capsys, SFT_FLAGS + flags, "role: critic (the PPO critic arrives with RL)")
+def test_megatron_config_critic_role_overrides_the_critic_only(tmp_path):
+    flags = write_megatron_config(tmp_path / "roles.yaml", [{"name": "c", "role": "critic", "overrides": {"lr": 3e-6}}])
+    args = parse_args(SFT_FLAGS + flags)
+    critic, actor = role_args(args, "critic"), role_args(args, "actor")
+    assert critic.lr == 3e-6 and actor.lr == args.lr != 3e-6
+    assert critic.loss_type == "value_loss" and critic.untie_embeddings_and_output_weights and critic.save_hf is None
 
 
 def test_help_groups_flags():
@@ -302,8 +306,6 @@ RL_RUN = ["--prompt-data", "p.jsonl", "--num-rollout", "2", "--rollout-batch-siz
      "--n-samples-per-prompt of at least 2 (got 1)"),
     (["--rollout-num-gpus", "1", "--disable-compute-advantages-and-returns"],
      "drop --disable-compute-advantages-and-returns"),
-    (["--rollout-num-gpus", "1", "--advantage-estimator", "ppo", "--critic-num-gpus-per-node", "2"],
-     "a critic on 2 devices with an actor on 1"),
 ])
 def test_what_an_rl_run_needs_is_named(extra, fragment):
     from slime.utils.arguments import validate_run

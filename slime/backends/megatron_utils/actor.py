@@ -200,6 +200,8 @@ class MegatronTrainRayActor:
         """The engines this trainer pushes its weights to (their own server addresses)."""
         from slime.backends.megatron_utils.update_weight import build_weight_updater
 
+        if self.weight_updater is not None:  # engines restarted (--use-fault-tolerance): new addresses, new group
+            self.weight_updater.close()
         self.weight_updater = build_weight_updater(self.args, self.model, engine_urls)
 
     def update_weights(self) -> dict[str, float]:

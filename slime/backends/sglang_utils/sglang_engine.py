@@ -46,6 +46,16 @@ def flush_cache(url: str, attempts: int = FLUSH_ATTEMPTS) -> None:
     raise TimeoutError(f"{url}/flush_cache did not succeed in {attempts} tries: the engine is still busy")
 
 
+def _declared_flags(args: Namespace) -> list[str]:
+    """slime's declared --sglang-* server settings, which the CPU engine also honours (KV budget, context limit)."""
+    flags = []
+    if args.sglang_mem_fraction_static is not None:
+        flags += ["--mem-fraction-static", str(args.sglang_mem_fraction_static)]
+    if args.sglang_context_length is not None:
+        flags += ["--context-length", str(args.sglang_context_length)]
+    return flags
+
+
 def _passthrough_flags(args: Namespace) -> list[str]:
     """`--sglang-<name> value` flags as `--<name> value` for the real SGLang server."""
     flags = []
@@ -86,10 +96,15 @@ class SGLangEngine:
         if self.uses_gpus:
             self._launch_sglang(seed)
         else:
+            ignored = _passthrough_flags(self.args)
+            if ignored and self.rank == 0:
+                logger.warning("the CPU engine ignores SGLang's server settings %s (they apply to SGLang on GPUs)",
+                               " ".join(ignored))
             self.process = launch_cpu_engine(
                 self.args.hf_checkpoint, self.port, host=self.host, timeout=START_TIMEOUT_S,
                 extra_args=["--random-seed", str(seed), "--skip-server-warmup",
-                            "--max-running-requests", str(self.args.sglang_server_concurrency)],
+                            "--max-running-requests", str(self.args.sglang_server_concurrency),
+                            *_declared_flags(self.args)],
                 # One intra-op thread per engine unless asked otherwise: engines and trainers share this machine's
                 # cores, and oversubscribed OpenMP threads make small models' steps many times slower.
                 env={"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")})
@@ -102,7 +117,8 @@ class SGLangEngine:
         tp = self.args.rollout_num_gpus_per_engine
         cmd = [sys.executable, "-m", "sglang.launch_server", "--model-path", self.args.hf_checkpoint,
                "--host", self.host, "--port", str(self.port), "--tp-size", str(tp), "--random-seed", str(seed),
-               "--trust-remote-code", "--skip-server-warmup", *_passthrough_flags(self.args)]
+               "--trust-remote-code", "--skip-server-warmup", *_declared_flags(self.args),
+               *_passthrough_flags(self.args)]
         if self.args.offload_rollout:  # what lets /release_memory_occupation give the GPU memory back
             cmd.append("--enable-memory-saver")
         handle, log_path = tempfile.mkstemp(prefix=f"sglang_engine_{self.rank}_", suffix=".log")
@@ -134,10 +150,7 @@ class SGLangEngine:
 
     def shutdown(self) -> None:
         if self.router_url:
-            try:
-                HTTP.delete(f"{self.router_url}/workers/{self.url}", timeout=5)
-            except requests.RequestException:
-                pass
+            unregister_worker(self.router_url, self.url)
         if self.process is not None:
             if hasattr(self.process, "stop"):
                 self.process.stop()
@@ -162,6 +175,17 @@ class SGLangEngine:
                 f"(log: {log_path})")
 
 
+def unregister_worker(router_url: str, url: str) -> None:
+    """Take `url` off the router (sglang-router removes a worker by its id, not its URL); best effort, logged."""
+    try:
+        workers = HTTP.get(f"{router_url}/workers", timeout=10).json().get("workers", [])
+        for worker in workers:
+            if worker.get("url") == url:
+                HTTP.delete(f"{router_url}/workers/{worker['id']}", timeout=10).raise_for_status()
+    except (requests.RequestException, ValueError) as exc:
+        logger.warning("could not remove %s from the router: %s", url, exc)
+
+
 def _node_ip() -> str:
     import ray
 
@@ -179,6 +203,8 @@ class Router:
         args.sglang_router_port = free_port()
         cmd = [sys.executable, "-m", "sglang_router.launch_router", "--host", args.sglang_router_ip,
                "--port", str(args.sglang_router_port), "--policy", args.router_policy or "round_robin",
+               # Its metrics exporter's default port would collide with any other router on the machine.
+               "--prometheus-port", str(free_port()),
                "--log-level", args.router_log_level, "--disable-circuit-breaker", "--disable-health-check",
                "--request-timeout-secs", str(args.sglang_router_request_timeout_secs),
                "--balance-abs-threshold", str(args.router_balance_abs_threshold),

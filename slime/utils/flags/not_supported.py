@@ -15,11 +15,8 @@ from typing import Any
 
 from slime.utils.errors import NotSupportedError
 
-RL = "RL arrives with the SGLang rollout"
-ENGINES = "SGLang engines arrive with the RL rollout"
-GENERATION = "generation arrives with the SGLang rollout"
-REWARDS = "rewards arrive with the RL rollout"
-WEIGHT_SYNC = "weight sync to engines arrives with the RL rollout"
+ENGINE_LAYOUTS = ("engine groups, SGLang-side TP/DP/PP layouts and prefill-decode disaggregation are not "
+                  "implemented (one server per --rollout-num-gpus-per-engine devices is)")
 MOE = "mixture-of-experts models are not supported yet"
 # Pipeline and context parallelism build in Megatron but have not been checked against world size 1's losses and
 # weights on this trainer (metrics from the last stage, packed sequences split across CP ranks). Lifting this
@@ -36,14 +33,18 @@ class Refusal:
 
 NOT_SUPPORTED: dict[str, Refusal] = {
     # cluster
-    "--num-gpus-per-node": Refusal(f"it places SGLang engines; {ENGINES}"),
-    "--offload": Refusal(ENGINES),
-    "--offload-train": Refusal(ENGINES),
+    "--critic-num-nodes": Refusal("the critic shares the actor's devices and layout (it hands each actor rank the "
+                                  "values of that rank's shard)"),
+    "--critic-num-gpus-per-node": Refusal("the critic shares the actor's devices and layout (it hands each actor "
+                                          "rank the values of that rank's shard)"),
+    "--num-gpus-per-node": Refusal("placing engines across several nodes is not implemented"),
+    "--offload": Refusal("it includes --offload-train, which is not implemented (--offload-rollout is)"),
+    "--offload-train": Refusal("putting the trainer to sleep between rollouts is not implemented"),
     "--train-backend": Refusal("only the Megatron backend exists"),
     # data and rollout
     "--multimodal-keys": Refusal("multimodal data is not supported yet"),
     "--rollout-data-transport": Refusal("rollout data travels through Ray's object store only"),
-    "--update-weight-mode": Refusal(WEIGHT_SYNC),
+    "--update-weight-mode": Refusal("delta weight updates are not implemented (full ones are)"),
     # training, parallelism and model
     "--balance-by-flops": Refusal("packing micro-batches by FLOPs is not implemented (--balance-data is)"),
     "--pipeline-model-parallel-size": Refusal(PARALLEL, UNIT),
@@ -58,27 +59,27 @@ NOT_SUPPORTED: dict[str, Refusal] = {
     "--model-name": Refusal("HF conversion takes the model type from --hf-checkpoint's config.json"),
     "--ckpt-format": Refusal("only torch_dist checkpoints are written and read"),
     # algorithm
-    "--keep-old-actor": Refusal(RL),
-    "--custom-megatron-before-log-prob-hook-path": Refusal(f"log-prob forwards are part of RL; {RL}"),
+    "--keep-old-actor": Refusal("a second copy of the actor for the old policy is not implemented"),
+    "--custom-megatron-before-log-prob-hook-path": Refusal("the log-prob passes call no hook yet"),
     # evaluation and logging
-    "--log-correct-samples": Refusal(REWARDS),
+    "--log-correct-samples": Refusal("the statistics of correct samples need the trainer's log-probs, which the "
+                                     "trainer does not report per sample yet"),
     # debugging
     "--ci-test": Refusal("slime's CI-only assertions are not reproduced"),
-    # SGLang engines and router (undeclared --sglang-* flags are refused with the same reason)
-    "--sglang-config": Refusal(ENGINES),
-    "--sglang-mem-fraction-static": Refusal(ENGINES),
-    "--sglang-context-length": Refusal(ENGINES),
-    "--sglang-tensor-parallel-size": Refusal(ENGINES),
-    "--sglang-data-parallel-size": Refusal(ENGINES),
-    "--sglang-pipeline-parallel-size": Refusal(ENGINES),
-    "--sglang-enable-dp-attention": Refusal(ENGINES),
-    "--prefill-num-servers": Refusal(ENGINES),
+    # SGLang engine layouts beyond one server per --rollout-num-gpus-per-engine devices (other --sglang-* flags go
+    # to SGLang's server as they are; the CPU engine honours the memory fraction and context length)
+    "--sglang-config": Refusal(ENGINE_LAYOUTS),
+    "--sglang-tensor-parallel-size": Refusal(ENGINE_LAYOUTS),
+    "--sglang-data-parallel-size": Refusal(ENGINE_LAYOUTS),
+    "--sglang-pipeline-parallel-size": Refusal(ENGINE_LAYOUTS),
+    "--sglang-enable-dp-attention": Refusal(ENGINE_LAYOUTS),
+    "--prefill-num-servers": Refusal(ENGINE_LAYOUTS),
 }
 
 
-def refusals(args: argparse.Namespace, parser: argparse.ArgumentParser, passthrough: list[str]) -> list[str]:
-    """"not supported yet" messages, one per reason, naming every table flag given a value that is not harmless
-    and every pass-through `--sglang-*` flag. Run on the values as given, before validation derives defaults."""
+def refusals(args: argparse.Namespace, parser: argparse.ArgumentParser) -> list[str]:
+    """"not supported yet" messages, one per reason, naming every table flag given a value that is not harmless.
+    Run on the values as given, before validation derives defaults."""
     dests = {s: a.dest for a in parser._actions for s in a.option_strings}
     given: dict[str, list[str]] = {}  # reason -> flags as typed, in table order
     for flag, refusal in NOT_SUPPORTED.items():
@@ -87,8 +88,6 @@ def refusals(args: argparse.Namespace, parser: argparse.ArgumentParser, passthro
         value = getattr(args, dest)
         if value not in harmless:
             given.setdefault(refusal.why, []).append(" ".join([flag, *_shown(value)]))
-    if passthrough:
-        given.setdefault(ENGINES, []).extend("--" + dest.replace("_", "-") for dest in passthrough)
     return [str(NotSupportedError(", ".join(flags), why)) for why, flags in given.items()]
 
 

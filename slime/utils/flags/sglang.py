@@ -36,6 +36,9 @@ def add_sglang_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--sglang-enable-dp-attention", action="store_true", help="DP attention.")
     g.add_argument("--prefill-num-servers", type=int, default=None, help="Prefill servers (PD disaggregation).")
+    # slime declares this with --use-fault-tolerance; it is here because this group holds the engines' flags.
+    g.add_argument("--rollout-health-check-first-wait", type=float, default=0.0,
+                   help="Seconds before the first engine health check (after start and after each restart).")
     g.add_argument("--router-policy", type=str, default=None, help="sglang-router policy (e.g. round_robin).")
     g.add_argument("--router-log-level", type=str, default="warn", help="sglang-router log level.")
     g.add_argument("--router-balance-abs-threshold", type=int, default=10, help="Router load-balance threshold.")

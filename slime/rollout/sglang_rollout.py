@@ -173,7 +173,7 @@ async def generate_and_rm_group(args: Namespace, group: list[Sample], sampling_p
     tasks = []
     for i, sample in enumerate(group):
         params = dict(sampling_params)
-        if getattr(args, "sglang_enable_deterministic_inference", False):
+        if args.sglang_enable_deterministic_inference:
             params["sampling_seed"] = args.rollout_seed + i
         tasks.append(generate_and_rm(args, sample, params, evaluation=evaluation))
     group = list(await asyncio.gather(*tasks))
@@ -306,7 +306,7 @@ async def _eval_dataset(args: Namespace, entry: dict[str, Any]) -> dict[str, lis
             sample = copy.deepcopy(prompt)
             sample.index, sample.group_index = i * n_samples + j, i
             params = dict(sampling_params)
-            if getattr(args, "sglang_enable_deterministic_inference", False):
+            if args.sglang_enable_deterministic_inference:
                 params["sampling_seed"] = args.rollout_seed + j
             tasks.append(generate_and_rm(args, sample, params, evaluation=True))
     done = list(await asyncio.gather(*tasks))

@@ -47,8 +47,11 @@ def flush_cache(url: str, attempts: int = FLUSH_ATTEMPTS) -> None:
 
 
 def _declared_flags(args: Namespace) -> list[str]:
-    """slime's declared --sglang-* server settings, which the CPU engine also honours (KV budget, context limit)."""
+    """slime's declared --sglang-* server settings, which the CPU engine also honours (KV budget, context limit,
+    batch-invariant inference)."""
     flags = []
+    if args.sglang_enable_deterministic_inference:
+        flags.append("--enable-deterministic-inference")
     if args.sglang_mem_fraction_static is not None:
         flags += ["--mem-fraction-static", str(args.sglang_mem_fraction_static)]
     if args.sglang_context_length is not None:

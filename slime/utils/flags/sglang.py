@@ -35,6 +35,9 @@ def add_sglang_arguments(parser: argparse.ArgumentParser) -> None:
         "--sglang-pipeline-parallel-size", "--sglang-pp-size", type=int, default=1, dest="sglang_pp_size"
     )
     g.add_argument("--sglang-enable-dp-attention", action="store_true", help="DP attention.")
+    g.add_argument("--sglang-enable-deterministic-inference", action="store_true",
+                   help="Reproducible generation: each request carries sampling_seed = rollout_seed + its index in "
+                        "the group, and the engines compute each request independently of its batch.")
     g.add_argument("--prefill-num-servers", type=int, default=None, help="Prefill servers (PD disaggregation).")
     # slime declares this with --use-fault-tolerance; it is here because this group holds the engines' flags.
     g.add_argument("--rollout-health-check-first-wait", type=float, default=0.0,

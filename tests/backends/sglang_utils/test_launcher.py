@@ -35,3 +35,11 @@ def test_multi_process_flags_are_refused(model_dir_a, tmp_path):
     with pytest.raises(CPUEngineStartError, match="not supported yet: --tp-size 2"):
         launch_cpu_engine(model_dir_a, free_port(), extra_args=["--tp-size", "2"], timeout=60,
                           log_path=str(tmp_path / "engine.log"))
+
+
+def test_deterministic_inference_runs_requests_one_at_a_time():
+    from slime.backends.sglang_utils.cpu_engine.server_args import parse_server_args
+
+    assert parse_server_args(["--model-path", "m", "--max-running-requests", "8"]).max_running_requests == 8
+    args = parse_server_args(["--model-path", "m", "--max-running-requests", "8", "--enable-deterministic-inference"])
+    assert args.enable_deterministic_inference and args.max_running_requests == 1

@@ -30,6 +30,7 @@ class ServerArgs:
     skip_server_warmup: bool
     enable_metrics: bool
     enable_memory_saver: bool
+    enable_deterministic_inference: bool
     weight_version: str
     log_level: str
 
@@ -59,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--enable-metrics", action="store_true", help="add SGLang's timing fields to meta_info")
     p.add_argument("--enable-memory-saver", action="store_true",
                    help="allow /release_memory_occupation (frees the weights until the next update)")
+    p.add_argument("--enable-deterministic-inference", action="store_true",
+                   help="batch-invariant results: requests run one at a time, so a request's logits (and, with "
+                        "sampling_seed, its tokens) do not depend on what else the engine serves")
     p.add_argument("--weight-version", default="default", help="the weight_version reported before any update")
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     # Accepted for command-line parity with sglang.launch_server, and refused unless they ask for what one CPU
@@ -106,10 +110,14 @@ def parse_server_args(argv: list[str] | None = None) -> ServerArgs:
     return ServerArgs(
         model_path=ns.model_path, tokenizer_path=ns.tokenizer_path or ns.model_path, host=ns.host, port=ns.port,
         random_seed=seed, mem_fraction_static=ns.mem_fraction_static, max_total_tokens=ns.max_total_tokens,
-        context_length=ns.context_length, max_running_requests=ns.max_running_requests,
+        context_length=ns.context_length,
+        # A batch's matmuls and padded attention round a row differently with its companions (about 1e-6 in a
+        # log-prob), which is enough to flip a sampled token now and then; a batch of one is always the same.
+        max_running_requests=1 if ns.enable_deterministic_inference else ns.max_running_requests,
         max_prefill_tokens=ns.max_prefill_tokens, trust_remote_code=ns.trust_remote_code,
         skip_server_warmup=ns.skip_server_warmup, enable_metrics=ns.enable_metrics,
-        enable_memory_saver=ns.enable_memory_saver, weight_version=ns.weight_version, log_level=ns.log_level,
+        enable_memory_saver=ns.enable_memory_saver, enable_deterministic_inference=ns.enable_deterministic_inference,
+        weight_version=ns.weight_version, log_level=ns.log_level,
     )
 
 

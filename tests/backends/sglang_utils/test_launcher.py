@@ -37,9 +37,11 @@ def test_multi_process_flags_are_refused(model_dir_a, tmp_path):
                           log_path=str(tmp_path / "engine.log"))
 
 
-def test_deterministic_inference_runs_requests_one_at_a_time():
+def test_deterministic_inference_runs_requests_one_at_a_time(tmp_path):
     from slime.backends.sglang_utils.cpu_engine.server_args import parse_server_args
 
-    assert parse_server_args(["--model-path", "m", "--max-running-requests", "8"]).max_running_requests == 8
-    args = parse_server_args(["--model-path", "m", "--max-running-requests", "8", "--enable-deterministic-inference"])
+    (tmp_path / "config.json").write_text("{}")
+    model = str(tmp_path)
+    assert parse_server_args(["--model-path", model, "--max-running-requests", "8"]).max_running_requests == 8
+    args = parse_server_args(["--model-path", model, "--max-running-requests", "8", "--enable-deterministic-inference"])
     assert args.enable_deterministic_inference and args.max_running_requests == 1

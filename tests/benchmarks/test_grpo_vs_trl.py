@@ -33,7 +33,7 @@ def test_tiny_both_sides_same_steps_same_prompts(tmp_path):
         assert len(side["mean_reward_per_step"]) == 2 and all(0 <= r <= 1 for r in side["mean_reward_per_step"])
         assert len(side["generation_seconds_per_step"]) == len(side["train_seconds_per_step"]) == 2
         assert all(t > 0 for t in side["generation_seconds_per_step"] + side["train_seconds_per_step"])
-        assert side["generation_tokens_per_s"] > 0 and side["wall_seconds"] > 0
+        assert side["generation_tokens_per_s"] > 0 and side["process_seconds"] > 0
         assert side["held_out"]["total"] == 30 and 0 <= side["held_out"]["accuracy"] <= 1
     assert len(ours["weight_sync_seconds_per_step"]) == 2
     # The two steps trained different prompts (the data advanced), and the quick start's task was used.

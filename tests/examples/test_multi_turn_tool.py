@@ -63,7 +63,8 @@ def _train_to_follow_script(model_dir: str, tokenizer) -> dict[str, list[int]]:
 
     tool_text = tool_turn_text(tokenizer, "51")
     scripts = {
-        "tool": (prompt_ids(TOOL_PROMPT), [(ids(CALL + END), 1), (ids(tool_text), 0), (ids("<answer>51</answer>" + END), 1)]),
+        "tool": (prompt_ids(TOOL_PROMPT),
+                 [(ids(CALL + END), 1), (ids(tool_text), 0), (ids("<answer>51</answer>" + END), 1)]),
         "direct": (prompt_ids(DIRECT_PROMPT), [(ids("<answer>4</answer>" + END), 1)]),
     }
     model = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -90,7 +91,12 @@ def scripted_engine(tmp_path_factory):
     torch.manual_seed(0)
     model_dir = build_tiny_qwen3(str(tmp_path_factory.mktemp("tool_model")), seed=0)
     tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
-    expected = _train_to_follow_script(model_dir, tokenizer)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the cores are shared; see engine_fixtures.one_torch_thread
+    try:
+        expected = _train_to_follow_script(model_dir, tokenizer)
+    finally:
+        torch.set_num_threads(threads)
     engine = launch_cpu_engine(model_dir, free_port(), extra_args=["--random-seed", "0"], timeout=120,
                                env={"OMP_NUM_THREADS": "1"},
                                log_path=str(tmp_path_factory.mktemp("tool_engine") / "engine.log"))
@@ -139,7 +145,8 @@ def test_tool_turn_is_masked_and_model_turns_keep_their_log_probs(scripted_engin
     assert sample.loss_mask == [1] * call_len + [0] * len(tool_ids) + [1] * (len(response) - call_len - len(tool_ids))
     masked = [t for t, m in zip(response, sample.loss_mask) if m == 0]
     assert masked == tool_ids and "51" in tokenizer.decode(masked)
-    assert tokenizer.decode([t for t, m in zip(response, sample.loss_mask) if m]) == CALL + END + "<answer>51</answer>" + END
+    trained = tokenizer.decode([t for t, m in zip(response, sample.loss_mask) if m])
+    assert trained == CALL + END + "<answer>51</answer>" + END
     # The model's tokens carry the engine's log-probs (checked against transformers), the tool's carry 0.0.
     got = torch.tensor(sample.rollout_log_probs)
     want = _reference_log_probs(model_dir, sample.tokens, prompt_len)

@@ -74,8 +74,9 @@ def test_rows_read_by_slimes_prompt_reader_and_sft_reader(tmp_path, smollm2_toke
     assert json.loads(pq.read_table(tmp_path / "train.parquet").column("metadata")[0].as_py())["reasoning_gym"]
     tokenizer_dir = smollm2_tokenizer.name_or_path
     args = parse_args(["--rollout-batch-size", "2", "--num-rollout", "1", "--actor-num-gpus-per-node", "1",
-                       "--debug-rollout-only", "--rollout-num-gpus", "1", "--hf-checkpoint", tokenizer_dir, "--input-key", "messages",
-                       "--label-key", "label", "--apply-chat-template", "--prompt-data", str(tmp_path / "train.parquet")])
+                       "--debug-rollout-only", "--rollout-num-gpus", "1", "--hf-checkpoint", tokenizer_dir,
+                       "--input-key", "messages", "--label-key", "label", "--apply-chat-template",
+                       "--prompt-data", str(tmp_path / "train.parquet")])
     samples = build_dataset(args, str(tmp_path / "train.parquet")).samples(range(8))
     for sample in samples:
         assert sample.prompt.endswith("<|im_start|>assistant\n") and "<answer>" in sample.prompt

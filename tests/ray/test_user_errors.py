@@ -53,13 +53,11 @@ def test_malformed_jsonl_in_the_rollout_manager(tmp_path):
     assert "Apex" not in result.stderr and "Warning" not in result.stderr, result.stderr[-4000:]
 
 
-def test_not_supported_in_the_trainer(tmp_path):
+def test_a_user_error_in_the_trainer(tmp_path):
     (tmp_path / "data.jsonl").write_text(CONVERSATION * 2)
-    result = run_train(tmp_path, *FLAGS, "--loss-type", "policy_loss")
-    log = one_line_error(result, "not supported yet: --loss-type policy_loss without "
-                                 "--disable-compute-advantages-and-returns (advantages and returns are computed by "
-                                 "RL, which arrives with the SGLang rollout)")
-    assert "_check_advantages" in log  # raised in the trainer actor, traceback kept in the log
+    result = run_train(tmp_path, *FLAGS, *SFT)  # no model flags and no --hf-checkpoint
+    log = one_line_error(result, "--num-layers is not set (give model flags, or --hf-checkpoint)")
+    assert "transformer_config_from_args" in log  # raised in the trainer actor, traceback kept in the log
 
 
 def test_a_crash_keeps_its_traceback(tmp_path):

@@ -45,8 +45,8 @@ def placement_layout(args: Namespace) -> tuple[int, int]:
         return actor, 0
     # External engines (--rollout-external-engine-addrs) run elsewhere: nothing to reserve for them.
     rollout = 0 if args.rollout_external else (args.rollout_num_gpus or 0)
-    if args.debug_rollout_only:
-        return rollout, 0
+    if args.debug_rollout_only:  # the (idle) trainers share the engines' devices, or have their own when none
+        return rollout or actor, 0
     if args.colocate:
         return max(actor, rollout), 0
     return actor + rollout, actor

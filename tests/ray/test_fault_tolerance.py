@@ -134,10 +134,11 @@ def _flags(tmp_path, num_rollout: int, *extra: str) -> list[str]:
 
 
 def test_fault_tolerance_restarts_a_killed_engine_which_then_serves(tmp_path):
-    run = Run(_flags(tmp_path, 5, "--use-fault-tolerance", "--rollout-health-check-interval", "0.5",
+    # 8 rollouts: the replacement must be seen serving by a watcher polling from this busy machine.
+    run = Run(_flags(tmp_path, 8, "--use-fault-tolerance", "--rollout-health-check-interval", "0.5",
                      "--rollout-health-check-timeout", "10"), tmp_path, "fault-tolerance")
     try:
-        run.wait_for("rollout 1/5", timeout=180)
+        run.wait_for("rollout 1/8", timeout=180)
         original = run.engines()
         assert len(original) == 2, original
         victim, victim_port = next(iter(original.items()))

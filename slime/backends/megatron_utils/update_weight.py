@@ -143,7 +143,11 @@ class WeightUpdater:
 
     def _pause(self) -> None:
         """slime's order before new weights: abort and hold generation, then flush each engine's cache."""
-        self._post_all("/pause_generation", {})
+        # Every reachable engine is paused before an unreachable one's error propagates: none may go on serving
+        # while the run stops over a failed sync.
+        pauses = [_spawn(self._post, url, "/pause_generation", {}) for url in self.urls]
+        concurrent.futures.wait(pauses)
+        _raise_if_failed(pauses)
         _wait_all([_spawn(self._flush, url) for url in self.urls])
 
     def _flush(self, url: str) -> None:

@@ -5,6 +5,7 @@ from slime.ray.driver import (
     create_training_models,
     evaluate,
     main,
+    offload_train,
     ray_session,
     save,
     generate,
@@ -24,6 +25,7 @@ def train(args) -> dict:
         rollout_manager = create_rollout_manager(args, placements["rollout"])
         num_rollout_per_epoch = set_num_rollout(args, rollout_manager)
         actor_model, critic_model = create_training_models(args, placements["actor"], rollout_manager)
+        offload_train(args, actor_model, critic_model)
         if args.offload_rollout:
             wait_all([rollout_manager.offload.remote()], "the engines to release their memory")
         sync_weights(args, rollout_manager, actor_model)  # engines start from the trainer's weights (no-op for SFT)
@@ -39,6 +41,7 @@ def train(args) -> dict:
 
             if should_run_periodic_action(rollout_id, args.save_interval, num_rollout_per_epoch, args.num_rollout):
                 save(rollout_id, actor_model, rollout_manager, critic_model)
+            offload_train(args, actor_model, critic_model)
             progress.log_sync(rollout_id, sync_weights(args, rollout_manager, actor_model))
             if should_run_periodic_action(rollout_id, args.eval_interval, num_rollout_per_epoch):
                 evaluate(args, rollout_id, rollout_manager, actor_model, progress)

@@ -6,6 +6,8 @@
   on the first step, small afterwards;
 - a PPO critic (the same network with a value head, from `role_args(args, "critic")`) regressing fixed rewards:
   its value loss falls, and its values cover every response token;
+- --offload-train: a trainer asleep between two rollouts holds (almost) no device memory, a weight sync wakes only
+  its parameters, and its second rollout trains exactly as a trainer that never slept;
 - the weight-sync wire formats with device tensors: a flattened bucket of CUDA bf16 tensors pickled as CUDA IPC
   handles and opened by another process, a weight-update process group over NCCL (one rank: it forms and
   broadcasts; only several GPUs test the transfer itself), and a device tensor's checksum equal to its host copy's.
@@ -31,6 +33,7 @@ import torch.multiprocessing
 
 from slime.backends.megatron_utils.actor import MegatronTrainRayActor
 from slime.backends.megatron_utils.hf_weights import unwrap
+from slime.backends.megatron_utils.offload import TrainerMemory
 from slime.backends.sglang_utils.weight_sync import (
     broadcast_bucket, deserialize_bucket, init_custom_process_group, serialize_bucket, tensor_checksum,
     unflatten_bucket)
@@ -41,7 +44,7 @@ from slime.utils.train_data import convert_samples_to_train_data, post_process_r
 from slime.utils.types import Sample
 
 RL_ROWS = ["RL step (GRPO, ref model, old log-probs)", "PPO critic step (value head)",
-           "weight sync payloads on CUDA", "weight sync group (NCCL)"]
+           "weight sync payloads on CUDA", "weight sync group (NCCL)", "trainer sleep (--offload-train)"]
 # The KL to the reference and the PPO log-ratio on a rollout's first step compare the training forward with the
 # forward-only passes at the same weights: 0 in fp32; in bf16 they may differ by rounding where the packing does.
 FIRST_STEP_ATOL = {"cpu": 1e-6, "cuda": 1e-4}
@@ -93,6 +96,7 @@ class RLChecks:
         self.guarded(RL_ROWS[1], self.critic_step)
         self.guarded(RL_ROWS[2], self.weight_sync_payloads)
         self.guarded(RL_ROWS[3], self.weight_sync_group)
+        self.guarded(RL_ROWS[4], self.trainer_sleep)
 
     def rl_flags(self, *extra: str) -> argparse.Namespace:
         """Two prompts of four samples each, two optimizer steps of four samples per rollout, the reference at the
@@ -249,3 +253,41 @@ class RLChecks:
             self.row(RL_ROWS[3], "skipped", f"no GPU: NCCL not tried; the same code over gloo: {detail}")
             return
         self.row(RL_ROWS[3], "ok" if unchanged and size == 1 else "FAIL", detail, seconds=seconds)
+
+    def trainer_sleep(self) -> None:
+        """Two GRPO trainers on the same rollouts; one sleeps between them. On CPU (--dry-run) the trainer does not
+        sleep (no-op), so the check puts it on the same mechanism with CPU storages."""
+        args = self.rl_flags("--offload-train")
+        plain, sleeper = MegatronTrainRayActor(), MegatronTrainRayActor()
+        plain.init(args)
+        sleeper.init(args)
+        if sleeper.memory is None:
+            sleeper.memory = TrainerMemory(sleeper.model, sleeper.optimizer, "cpu")
+        expected = [plain.train(0, self.rl_shard(args, seed=0))]
+        after_first = _params(plain)
+        expected.append(plain.train(1, self.rl_shard(args, seed=1)))
+        got = [sleeper.train(0, self.rl_shard(args, seed=0))]
+        synchronize()
+        awake = torch.cuda.memory_allocated() if has_gpu() else 0
+        started = time.perf_counter()
+        freed = sleeper.memory.sleep()
+        sleep_s = time.perf_counter() - started
+        asleep = torch.cuda.memory_allocated() if has_gpu() else 0
+        with sleeper.memory.parameters_awake():  # what a weight sync reads
+            synced_right = _all_equal(_params(sleeper), after_first)
+        started = time.perf_counter()
+        got.append(sleeper.train(1, self.rl_shard(args, seed=1)))
+        wake_and_train_s = time.perf_counter() - started
+        same = all([m["loss"] for m in a] == [m["loss"] for m in b] for a, b in zip(got, expected)) \
+            and _all_equal(_params(sleeper), _params(plain))
+        # On GPUs the allocator must really have handed the bytes back (not just our bookkeeping).
+        released = awake - asleep >= 0.9 * freed if has_gpu() else True
+        ok = same and synced_right and released and freed > 0
+        where = (f"allocated {awake / 2**30:.2f} -> {asleep / 2**30:.2f} GiB" if has_gpu()
+                 else "CPU storages, dry run")
+        self.row(RL_ROWS[4], "ok" if ok else "FAIL",
+                 f"{freed / 2**30:.3f} GiB freed in {sleep_s:.2f} s ({where}); woken parameters "
+                 f"{'equal' if synced_right else 'DIFFER from'} the trained ones; the next rollout "
+                 f"{'trains exactly as' if same else 'DIFFERS from'} a trainer that never slept (wake + train "
+                 f"{wake_and_train_s:.2f} s)",
+                 freed_bytes=freed, sleep_s=sleep_s, allocated_awake=awake, allocated_asleep=asleep)

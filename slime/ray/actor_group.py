@@ -87,6 +87,10 @@ class RayTrainGroup:
     def connect_engines(self, engine_urls: list[str]) -> None:
         wait_all([a.connect_engines.remote(engine_urls) for a in self.actors], "trainers to reach the engines")
 
+    def sleep(self) -> None:
+        """--offload-train: the trainers free their device memory until they next train."""
+        wait_all([a.sleep.remote() for a in self.actors], f"the {self.role} trainers to release their memory")
+
     def update_weights(self) -> dict[str, float]:
         """Every trainer takes part (tensor-parallel gathers); rank 0 reports the sync's metrics."""
         return wait_all([a.update_weights.remote() for a in self.actors], "the weight update")[0]

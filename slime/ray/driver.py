@@ -171,6 +171,8 @@ def train_step(args: Namespace, rollout_id: int, boxes: list, actor_model: RayTr
     if critic_model is None:
         return actor_model.train(rollout_id, boxes)
     critic_metrics = critic_model.train(rollout_id, boxes)
+    if args.offload_train:
+        critic_model.sleep()  # the actor trains next on the same devices
     step_metrics = []
     if rollout_id >= args.num_critic_only_steps:
         step_metrics = actor_model.train(rollout_id, boxes, critic_model.critic_values())
@@ -181,6 +183,15 @@ def train_step(args: Namespace, rollout_id: int, boxes: list, actor_model: RayTr
         else:
             step_metrics.append({**metrics, **extra})
     return step_metrics
+
+
+def offload_train(args: Namespace, actor_model: RayTrainGroup, critic_model: RayTrainGroup | None) -> None:
+    """--offload-train: the trainers give their device memory to the engines until they next train (a weight
+    sync wakes only the parameters, for the push). CPU trainers keep theirs."""
+    if args.offload_train:
+        for model in (actor_model, critic_model):
+            if model is not None:
+                model.sleep()
 
 
 def save(rollout_id: int, actor_model: RayTrainGroup, rollout_manager: Any,

@@ -42,3 +42,6 @@ class TrainRayActor:
 
     def update_weights(self) -> dict[str, float]:
         return self.backend.update_weights()
+
+    def sleep(self) -> None:
+        self.backend.sleep()

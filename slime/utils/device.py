@@ -58,6 +58,12 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
+def empty_device_cache() -> None:
+    """Hand the caching allocator's free blocks back to the device (what makes freed memory usable by the engines)."""
+    if has_gpu():
+        torch.cuda.empty_cache()
+
+
 # Peak dense bf16 TFLOP/s per device, for MFU. A flag (--peak-tflops) overrides; on CPU we measure fp32 matmuls.
 KNOWN_PEAK_TFLOPS = {
     "H200": 989.0,

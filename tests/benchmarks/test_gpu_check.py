@@ -13,7 +13,7 @@ EXPECTED = ["environment", "qwen3-4B step, full recompute", "bf16 step (transfor
             "bf16 step (local spec)", "packed = per-sequence (local spec)", "HF export = weights",
             "checkpoint save (async) + load + resume", "fused log-prob = plain path",
             "RL step (GRPO, ref model, old log-probs)", "PPO critic step (value head)", "weight sync payloads on CUDA",
-            "weight sync group (NCCL)"]
+            "weight sync group (NCCL)", "trainer sleep (--offload-train)"]
 # Without a GPU: no Transformer Engine, and NCCL serves only CUDA tensors (the group row runs over gloo instead).
 SKIPPED_ON_CPU = {"bf16 step (transformer_engine spec)", "weight sync group (NCCL)"}
 
@@ -33,6 +33,7 @@ def test_dry_run_prints_every_check(tmp_path):
     assert rl["kl_loss_step1"] == 0.0 and rl["ref_log_probs_s"] > 0 and rl["log_probs_s"] > 0  # both passes ran
     assert rows["PPO critic step (value head)"]["value_loss_last"] < rows["PPO critic step (value head)"][
         "value_loss_first"]
+    assert rows["trainer sleep (--offload-train)"]["freed_bytes"] > 0
     for name in EXPECTED:
         assert name in result.stdout  # the table
 

@@ -27,7 +27,8 @@ from conftest import REPO_ROOT
 SOURCES = sorted(p for p in (REPO_ROOT / "slime").rglob("*.py") if "flags" not in p.relative_to(REPO_ROOT).parts) \
     + [REPO_ROOT / "train.py", REPO_ROOT / "train_async.py"]
 REPORTING_CALLS = {"debug", "info", "warning", "warn", "error", "exception", "critical", "print"}
-SHORTHANDS = {"use_rotary_position_embeddings": "--position-embedding-type rope"}
+SHORTHANDS = {"use_rotary_position_embeddings": "--position-embedding-type rope",
+              "offload": "--offload-train --offload-rollout"}
 
 
 def _is_args(node: ast.AST) -> bool:

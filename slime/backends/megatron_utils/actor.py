@@ -3,12 +3,13 @@ Ray actor of `slime/ray/train_actor.py` holds one and hands it that rank's shard
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import os
 import time
 from argparse import Namespace
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 from megatron.core import parallel_state
@@ -26,7 +27,9 @@ from slime.backends.megatron_utils.model import (
     train_one_step,
 )
 from slime.backends.megatron_utils.model_provider import is_critic
+from slime.backends.megatron_utils.offload import TrainerMemory
 from slime.backends.megatron_utils.reference import ReferenceWeights
+from slime.utils.device import has_gpu
 from slime.utils.misc import load_function
 from slime.utils.train_data import tensorize
 
@@ -69,6 +72,8 @@ class MegatronTrainRayActor:
         self.args: Namespace | None = None
         self.reference: ReferenceWeights | None = None
         self.weight_updater: Any = None
+        self.memory: TrainerMemory | None = None  # --offload-train on GPUs
+        self.last_values: list[torch.Tensor] | None = None  # the critic's, of its last shard
         self.logged_skip = False
 
     def init(self, args: Namespace) -> int:
@@ -78,6 +83,11 @@ class MegatronTrainRayActor:
         if args.custom_megatron_init_path:
             load_function(args.custom_megatron_init_path)(args)
         self.model, self.optimizer, self.scheduler = setup_model_and_optimizer(args)
+        if args.offload_train:
+            if has_gpu():
+                self.memory = TrainerMemory(self.model, self.optimizer, "cuda")
+            elif self.rank == 0:
+                logger.info("--offload-train: CPU trainers keep their memory (a no-op without GPUs)")
         # Hooks are loaded now, so that a bad path fails at start-up rather than after the first rollout.
         self.postprocess = load_function(args.rollout_data_postprocess_path) if args.rollout_data_postprocess_path \
             else None
@@ -102,6 +112,8 @@ class MegatronTrainRayActor:
         `values`: the critic's values of the same shard (PPO)."""
         if self.args.debug_rollout_only:  # slime's rollout-only debug mode: generate, never train
             return []
+        if self.memory is not None:
+            self.memory.wake_up()  # awake until the driver puts the trainer to sleep again after its save
         shard = tensorize(rollout_data)
         if values is not None:
             shard["values"] = values
@@ -149,7 +161,29 @@ class MegatronTrainRayActor:
     def critic_values(self) -> list[torch.Tensor]:
         """The values of the last shard the critic trained on, computed before its steps (what the actor's GAE
         uses for that rollout)."""
+        assert self.last_values is not None, "critic_values before the critic trained"
         return self.last_values
+
+    def sleep(self) -> None:
+        """--offload-train: free this trainer's device memory (parameters and optimizer state to host memory,
+        gradients dropped) until it next trains; the engines generate in the memory meanwhile."""
+        if self.memory is None:
+            return
+        freed = self.memory.sleep()
+        if self.rank == 0 and freed:
+            logger.info("trainer asleep: %.2f GiB of device memory freed", freed / 2**30)
+
+    @contextlib.contextmanager
+    def _awake(self) -> Iterator[None]:
+        """The whole trainer on the device inside the block, asleep again after if it was asleep."""
+        was_asleep = self.memory is not None and self.memory.asleep
+        if was_asleep:
+            self.memory.wake_up()
+        try:
+            yield
+        finally:
+            if was_asleep:
+                self.memory.sleep()
 
     def _prepare_rl_data(self, rollout_id: int, shard: dict[str, Any]) -> dict[str, float]:
         """Reference and old log-probs (forward-only passes), then advantages and returns, into the shard.
@@ -187,14 +221,16 @@ class MegatronTrainRayActor:
     def eval_loss(self, eval_data: dict[str, Any]) -> dict[str, float]:
         shard = tensorize(eval_data)
         micro_batches = [mb for step in shard["micro_batches"] for mb in step]
-        return forward_only_loss(self.args, self.model, shard, micro_batches)
+        with self._awake():
+            return forward_only_loss(self.args, self.model, shard, micro_batches)
 
     def save_model(self, rollout_id: int) -> None:
-        if self.args.save:
-            save_checkpoint(self.args, rollout_id, self.model, self.optimizer, self.scheduler)
-        if self.args.save_hf:
-            save_hf_weights(self.model, self.args, self.args.save_hf.format(rollout_id=rollout_id),
-                            origin_hf_dir=self.args.hf_checkpoint)
+        with self._awake():
+            if self.args.save:
+                save_checkpoint(self.args, rollout_id, self.model, self.optimizer, self.scheduler)
+            if self.args.save_hf:
+                save_hf_weights(self.model, self.args, self.args.save_hf.format(rollout_id=rollout_id),
+                                origin_hf_dir=self.args.hf_checkpoint)
 
     def connect_engines(self, engine_urls: list[str]) -> None:
         """The engines this trainer pushes its weights to (their own server addresses)."""
@@ -209,4 +245,7 @@ class MegatronTrainRayActor:
         rollouts trained on). Without engines (SFT, replayed rollouts) there is nothing to push."""
         if self.weight_updater is None:
             return {}
-        return self.weight_updater.update(self.weight_version)
+        if self.memory is None:
+            return self.weight_updater.update(self.weight_version)
+        with self.memory.parameters_awake():
+            return self.weight_updater.update(self.weight_version)

@@ -38,8 +38,6 @@ NOT_SUPPORTED: dict[str, Refusal] = {
     "--critic-num-gpus-per-node": Refusal("the critic shares the actor's devices and layout (it hands each actor "
                                           "rank the values of that rank's shard)"),
     "--num-gpus-per-node": Refusal("placing engines across several nodes is not implemented"),
-    "--offload": Refusal("it includes --offload-train, which is not implemented (--offload-rollout is)"),
-    "--offload-train": Refusal("putting the trainer to sleep between rollouts is not implemented"),
     "--train-backend": Refusal("only the Megatron backend exists"),
     # data and rollout
     "--multimodal-keys": Refusal("multimodal data is not supported yet"),

@@ -36,8 +36,8 @@ def add_cluster_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--rollout-num-gpus-per-engine", type=int, default=1, help="GPUs per SGLang engine (its TP).")
     g.add_argument("--colocate", action="store_true", help="Training and inference share the same GPUs.")
     g.add_argument("--offload", action="store_true", help="Shorthand for --offload-train --offload-rollout.")
-    g.add_argument("--offload-train", action=argparse.BooleanOptionalAction, default=None, help="Sleep the trainer.")
-    g.add_argument("--offload-rollout", action=argparse.BooleanOptionalAction, default=None, help="Sleep engines.")
+    g.add_argument("--offload-train", action=argparse.BooleanOptionalAction, default=None, help="Put the trainers to sleep between rollouts: parameters and optimizer state to host memory, gradients freed, until they next train (GPU; a no-op on CPU). Default on with --colocate.")
+    g.add_argument("--offload-rollout", action=argparse.BooleanOptionalAction, default=None, help="Put the engines to sleep (release_memory_occupation) while the trainers work (GPU; a no-op on CPU). Default on with --colocate.")
     g.add_argument("--train-backend", choices=["megatron", "fsdp"], default="megatron", help="Training backend.")
     g.add_argument(
         "--distributed-backend",

@@ -50,13 +50,37 @@ def parameter_count(hf_dir: str) -> int:
     return total
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def summary_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every quick-start summary takes (the RL quick start's too)."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="The quick start's output directory.")
     parser.add_argument("--results", required=True, help="Where to write the figures (JSON).")
     parser.add_argument("--script-seconds", type=float, required=True)
     parser.add_argument("--installed", type=int, choices=[0, 1], required=True,
                         help="1 when this run created or filled the .venv (its time is in --script-seconds).")
+    return parser
+
+
+def run_figures(command: str, args: argparse.Namespace) -> dict:
+    """Where and how the figures were measured: the first keys of every quick start's results."""
+    return {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
+        "torch": torch.__version__,
+        "command": command,
+        "installed_this_run": bool(args.installed),
+        "script_seconds": round(args.script_seconds, 1),
+    }
+
+
+def write_figures(path: str, figures: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(figures, f, indent=2)
+
+
+def main() -> None:
+    parser = summary_parser(__doc__)
     parser.add_argument("--rollout-batch-size", type=int, default=32)
     parser.add_argument("--trainers", type=int, default=2)
     args = parser.parse_args()
@@ -70,12 +94,7 @@ def main() -> None:
                   if key.startswith("eval/") and key.endswith("/loss")}
     before, after = last_json_line(f"{out}/before.txt"), last_json_line(f"{out}/after.txt")
     figures = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-        "torch": torch.__version__,
-        "command": "bash scripts/quickstart-cpu.sh",
-        "installed_this_run": bool(args.installed),
-        "script_seconds": round(args.script_seconds, 1),
+        **run_figures("bash scripts/quickstart-cpu.sh", args),
         "model_parameters": parameter_count(f"{out}/hf"),
         "trainers": args.trainers,
         "rollouts": len(train_losses),
@@ -89,9 +108,7 @@ def main() -> None:
         "held_out_accuracy_before": before["accuracy"],
         "held_out_accuracy_after": after["accuracy"],
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
-    with open(args.results, "w") as f:
-        json.dump(figures, f, indent=2)
+    write_figures(args.results, figures)
     print("\n== summary")
     print(f"training: {figures['rollouts']} rollouts of {args.rollout_batch_size} conversations on {args.trainers} "
           f"trainers in {figures['training_seconds']:.0f} s, {figures['tokens_per_s']:.0f} tokens/s; loss "

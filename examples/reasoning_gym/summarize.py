@@ -10,20 +10,16 @@ held-out evaluations) and the held-out evaluations of the SFT and GRPO exports.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import platform
 import sys
-import time
-
-import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-from examples.quickstart.summarize import done_line, last_json_line, parameter_count  # noqa: E402
+from examples.quickstart.summarize import (  # noqa: E402
+    done_line, last_json_line, parameter_count, run_figures, summary_parser, write_figures)
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -38,13 +34,7 @@ def weighted_rate(rows: list[dict], rate: str, seconds: str) -> float | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", required=True, help="The quick start's output directory.")
-    parser.add_argument("--results", required=True, help="Where to write the figures (JSON).")
-    parser.add_argument("--script-seconds", type=float, required=True)
-    parser.add_argument("--installed", type=int, choices=[0, 1], required=True,
-                        help="1 when this run created or filled the .venv (its time is in --script-seconds).")
-    args = parser.parse_args()
+    args = summary_parser(__doc__).parse_args()
     out = args.out
     with open(f"{out}/sft.log") as f:
         sft_done = done_line(f.read())
@@ -59,12 +49,7 @@ def main() -> None:
     engine_eval = {int(r["eval/step"]): r["eval/held_out"] for r in grpo if "eval/held_out" in r}
     after_sft, after_grpo = last_json_line(f"{out}/after_sft.txt"), last_json_line(f"{out}/after_grpo.txt")
     figures = {
-        "date": time.strftime("%Y-%m-%d"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
-        "torch": torch.__version__,
-        "command": "bash scripts/quickstart-rl-cpu.sh",
-        "installed_this_run": bool(args.installed),
-        "script_seconds": round(args.script_seconds, 1),
+        **run_figures("bash scripts/quickstart-rl-cpu.sh", args),
         "model_parameters": parameter_count(f"{out}/sft_hf"),
         "sft": {
             "rollouts": len(sft_losses),
@@ -88,9 +73,7 @@ def main() -> None:
         "held_out_accuracy_after_sft": after_sft["accuracy"],
         "held_out_accuracy_after_grpo": after_grpo["accuracy"],
     }
-    os.makedirs(os.path.dirname(os.path.abspath(args.results)), exist_ok=True)
-    with open(args.results, "w") as f:
-        json.dump(figures, f, indent=2)
+    write_figures(args.results, figures)
     sft, rl = figures["sft"], figures["grpo"]
     curve = rl["reward_per_rollout"]
     print("\n== summary")

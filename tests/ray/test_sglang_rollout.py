@@ -77,7 +77,7 @@ def test_rollout_only_run_generates_filters_rewards_and_saves(tmp_path):
 
 ROLLOUT_TESTS = REPO_ROOT / "tests" / "rollout"
 sys.path.insert(0, str(ROLLOUT_TESTS))
-from router_helpers import launch_router, stop_router  # noqa: E402
+from router_helpers import launch_router  # noqa: E402
 
 
 def _plugin_env(**extra: str) -> dict[str, str]:
@@ -166,7 +166,8 @@ def test_external_engines_are_used_and_left_running(tmp_path):
     # Started from this thread: an engine server ends with the thread that started it (PR_SET_PDEATHSIG).
     engines = [launch_cpu_engine(model, free_port(), extra_args=["--skip-server-warmup"], env={"OMP_NUM_THREADS": "1"},
                                  log_path=str(tmp_path / f"engine{i}.log")) for i in range(2)]
-    router, ip, port = launch_router(tmp_path)
+    router, router_args = launch_router()
+    ip, port = router_args.sglang_router_ip, router_args.sglang_router_port
     try:
         flags = [
             "--debug-rollout-only", "--actor-num-gpus-per-node", "1", "--rollout-num-gpus", "2",
@@ -186,6 +187,6 @@ def test_external_engines_are_used_and_left_running(tmp_path):
         assert all(engine.alive() for engine in engines)
         assert len(torch.load(tmp_path / "rollouts" / "0.pt", weights_only=False)["samples"]) == 8
     finally:
-        stop_router(router)
+        router.stop()
         for engine in engines:
             engine.stop()

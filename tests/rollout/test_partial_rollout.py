@@ -12,7 +12,7 @@ from typing import Iterator
 import pytest
 
 from engine_helpers import build_tiny_qwen3, free_port
-from router_helpers import launch_router, register_workers, stop_router
+from router_helpers import launch_router, register_workers
 from slime.backends.sglang_utils.cpu_engine.launcher import launch_cpu_engine
 from slime.rollout.data_source import RolloutDataSourceWithBuffer
 from slime.rollout.sglang_rollout import generate_rollout
@@ -37,12 +37,12 @@ def serving(tmp_path_factory) -> Iterator[tuple[str, tuple[str, int]]]:
     model = build_tiny_qwen3(str(workdir / "model"), seed=0)
     engine = launch_cpu_engine(model, free_port(), extra_args=["--random-seed", "0", "--skip-server-warmup"],
                                env={"OMP_NUM_THREADS": "1"}, log_path=str(workdir / "engine.log"))
-    router, ip, port = launch_router(workdir)
+    router, router_args = launch_router()
     try:
-        register_workers(ip, port, [engine.url])
-        yield model, (ip, port)
+        register_workers(router, router_args, [engine.url])
+        yield model, (router_args.sglang_router_ip, router_args.sglang_router_port)
     finally:
-        stop_router(router)
+        router.stop()
         engine.stop()
 
 

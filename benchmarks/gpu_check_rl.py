@@ -273,7 +273,7 @@ class RLChecks:
         freed = sleeper.memory.sleep()
         sleep_s = time.perf_counter() - started
         asleep = torch.cuda.memory_allocated() if has_gpu() else 0
-        with sleeper.memory.parameters_awake():  # what a weight sync reads
+        with sleeper.memory.awake(parameters_only=True):  # what a weight sync reads
             synced_right = _all_equal(_params(sleeper), after_first)
         started = time.perf_counter()
         got.append(sleeper.train(1, self.rl_shard(args, seed=1)))

@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from argparse import Namespace
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 from megatron.core import parallel_state
@@ -173,17 +173,9 @@ class MegatronTrainRayActor:
         if self.rank == 0 and freed:
             logger.info("trainer asleep: %.2f GiB of device memory freed", freed / 2**30)
 
-    @contextlib.contextmanager
-    def _awake(self) -> Iterator[None]:
-        """The whole trainer on the device inside the block, asleep again after if it was asleep."""
-        was_asleep = self.memory is not None and self.memory.asleep
-        if was_asleep:
-            self.memory.wake_up()
-        try:
-            yield
-        finally:
-            if was_asleep:
-                self.memory.sleep()
+    def _awake(self, parameters_only: bool = False) -> contextlib.AbstractContextManager:
+        """`TrainerMemory.awake` under --offload-train on GPUs; nothing to wake otherwise."""
+        return self.memory.awake(parameters_only) if self.memory is not None else contextlib.nullcontext()
 
     def _prepare_rl_data(self, rollout_id: int, shard: dict[str, Any]) -> dict[str, float]:
         """Reference and old log-probs (forward-only passes), then advantages and returns, into the shard.
@@ -245,7 +237,5 @@ class MegatronTrainRayActor:
         rollouts trained on). Without engines (SFT, replayed rollouts) there is nothing to push."""
         if self.weight_updater is None:
             return {}
-        if self.memory is None:
-            return self.weight_updater.update(self.weight_version)
-        with self.memory.parameters_awake():
+        with self._awake(parameters_only=True):
             return self.weight_updater.update(self.weight_version)

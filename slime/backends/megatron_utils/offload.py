@@ -119,16 +119,17 @@ class TrainerMemory:
         self.params, self.rest = [], []
 
     @contextlib.contextmanager
-    def parameters_awake(self) -> Iterator[None]:
-        """Only the parameters on the device inside the block (a weight sync needs nothing else), asleep again after
-        if they were asleep."""
-        if not self.params:
+    def awake(self, parameters_only: bool = False) -> Iterator[None]:
+        """On the device inside the block, for work that reads the trainer without changing it (a weight sync needs
+        the parameters only; a save or a validation loss everything); asleep again after, if it was asleep. The
+        host copies still hold then, so going back to sleep only frees: nothing is copied again."""
+        held = self.params if parameters_only else self.params + self.rest
+        if not held:
             yield
             return
-        self._restore(self.params)
+        self._restore(held)
         try:
             yield
         finally:
-            # A sync reads the weights without changing them: the host copies still hold and are not taken again.
-            self._free(self.params)
+            self._free(held)
             empty_device_cache()

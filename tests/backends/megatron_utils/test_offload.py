@@ -47,7 +47,7 @@ def test_sleep_frees_everything_and_training_resumes_bit_for_bit():
                    for v in s.values() if isinstance(v, torch.Tensor) and v.dim() > 0)
         sleeper.save_model(rollout_id)  # wakes for the save (nothing to write here) and sleeps again
         assert sleeper.memory.asleep
-        with sleeper.memory.parameters_awake():  # what a weight sync sees
+        with sleeper.memory.awake(parameters_only=True):  # what a weight sync sees
             for name, param in sleeper.model.named_parameters():
                 assert torch.equal(param, params_before[name]), name
             assert all(b.grad_data.untyped_storage().nbytes() == 0 for b in sleeper.model.buffers)

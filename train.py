@@ -4,6 +4,7 @@ from slime.ray.driver import (
     Progress,
     create_training_models,
     evaluate,
+    init_training_models,
     main,
     offload_train,
     ray_session,
@@ -22,9 +23,10 @@ from slime.utils.misc import should_run_periodic_action
 def train(args) -> dict:
     with ray_session(args):
         placements = create_placement_groups(args)
+        actor_model, critic_model = create_training_models(args, placements["actor"])
         rollout_manager = create_rollout_manager(args, placements["rollout"])
         num_rollout_per_epoch = set_num_rollout(args, rollout_manager)
-        actor_model, critic_model = create_training_models(args, placements["actor"], rollout_manager)
+        init_training_models(args, actor_model, critic_model, rollout_manager)
         offload_train(args, actor_model, critic_model)
         if args.offload_rollout:
             wait_all([rollout_manager.offload.remote()], "the engines to release their memory")

@@ -6,12 +6,13 @@ from slime.ray.driver import (
     Progress,
     create_training_models,
     evaluate,
+    init_training_models,
     main,
     ray_session,
     save,
     set_num_rollout,
+    start_train_step,
     sync_weights,
-    train_step,
 )
 from slime.ray.placement_group import create_placement_groups
 from slime.ray.rollout import create_rollout_manager
@@ -25,9 +26,10 @@ def train(args) -> dict:
                         "devices, so generation cannot overlap training; use train.py")
     with ray_session(args):
         placements = create_placement_groups(args)
+        actor_model, critic_model = create_training_models(args, placements["actor"])
         rollout_manager = create_rollout_manager(args, placements["rollout"])
         num_rollout_per_epoch = set_num_rollout(args, rollout_manager)
-        actor_model, critic_model = create_training_models(args, placements["actor"], rollout_manager)
+        init_training_models(args, actor_model, critic_model, rollout_manager)
         sync_weights(args, rollout_manager, actor_model)
         progress = Progress(args)
 
@@ -37,11 +39,12 @@ def train(args) -> dict:
             if fetched is None:
                 fetched = wait_all([next_rollout], f"rollout {rollout_id}")[0]
             (boxes, rollout_metrics), fetched = fetched, None
+            step = start_train_step(args, rollout_id, boxes, actor_model, critic_model)
+            # Asked for once the trainers have their step: they fetch their shards (from the rollout manager's
+            # store) before the manager is busy with the next rollout.
             last = rollout_id + 1 == args.num_rollout
             next_rollout = None if last else rollout_manager.generate.remote(rollout_id + 1)
-
-            step_metrics = train_step(args, rollout_id, boxes, actor_model, critic_model)
-            progress.log(rollout_id, rollout_metrics, step_metrics)
+            progress.log(rollout_id, rollout_metrics, step())
 
             if should_run_periodic_action(rollout_id, args.save_interval, num_rollout_per_epoch, args.num_rollout):
                 save(rollout_id, actor_model, rollout_manager, critic_model)

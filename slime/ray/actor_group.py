@@ -11,7 +11,6 @@ import ray
 
 from slime.ray.placement_group import Placement
 from slime.ray.train_actor import TrainRayActor
-from slime.utils.misc import free_port
 
 logger = logging.getLogger(__name__)
 WAIT_LOG_INTERVAL_S = 30.0
@@ -34,11 +33,6 @@ def wait_all(refs: list, what: str) -> list:
     return [results[ref] for ref in refs]
 
 
-@ray.remote(num_cpus=0)
-def _rendezvous_address() -> tuple[str, int]:
-    return ray.util.get_node_ip_address(), free_port()
-
-
 class RayTrainGroup:
     """The actor's trainers, or the critic's (PPO), which share the actor's devices and layout as in slime."""
 
@@ -46,31 +40,44 @@ class RayTrainGroup:
         world_size = args.actor_num_nodes * args.actor_num_gpus_per_node
         self.role = args.role
         env = {k: str(v) for k, v in args.train_env_vars.items()}
-        address, port = ray.get(_rendezvous_address.options(scheduling_strategy=placement.strategy(0)).remote())
         actor_class = ray.remote(TrainRayActor)
         # Sharing devices with the engines (slime's fractions: trainer 0.4, engine 0.2 of a GPU bundle).
         # With a critic, actor and critic trainers take turns on the same bundles (on CPU, the same cores).
         share = 0.4 if args.use_critic or (placement.uses_gpus and (args.colocate or args.debug_rollout_only)) else 1
+        self.engines_connected = False
+        self.startup: dict[str, float] = {}
         self.actors = [
             actor_class.options(
-                num_cpus=share,
+                num_cpus=share * placement.cpus_per_bundle,
                 num_gpus=share if placement.uses_gpus else 0,
                 scheduling_strategy=placement.strategy(rank),
                 runtime_env={"env_vars": env} if env else None,
-            ).remote(world_size, rank, address, port)
+            ).remote(world_size, rank)
             for rank in range(world_size)
         ]
 
     def init(self, args: Namespace) -> int:
-        starts = wait_all([actor.init.remote(args) for actor in self.actors], "trainers to initialise")
+        """Build every trainer (model, optimizer, weights); returns the rollout to start at. `startup` then holds
+        when the slowest trainer reached each start-up milestone."""
+        address, port = wait_all([self.actors[0].rendezvous_address.remote()], "the trainers to start")[0]
+        results = wait_all([actor.init.remote(args, address, port) for actor in self.actors],
+                           "trainers to initialise")
+        starts = [start for start, _ in results]
         if len(set(starts)) != 1:
             raise RuntimeError(f"trainers disagree on the rollout to start at: {starts}")
+        self.startup = {key: max(startup[key] for _, startup in results) for key in results[0][1]}
         return starts[0]
 
     def train(self, rollout_id: int, boxes: list, values: list | None = None) -> list[dict[str, float]]:
         """`values`: per rank, the critic's values of its shard (object refs from `critic_values`)."""
-        refs = [a.train.remote(rollout_id, boxes, values[rank] if values else None)
+        return self.finish_train(rollout_id, self.start_train(rollout_id, boxes, values))
+
+    def start_train(self, rollout_id: int, boxes: list, values: list | None = None) -> list:
+        """Ask every trainer for its step on `rollout_id`, without waiting: `finish_train` waits for the metrics."""
+        return [a.train.remote(rollout_id, boxes, values[rank] if values else None)
                 for rank, a in enumerate(self.actors)]
+
+    def finish_train(self, rollout_id: int, refs: list) -> list[dict[str, float]]:
         return wait_all(refs, f"the {self.role} training on rollout {rollout_id}")[0]
 
     def critic_values(self) -> list:
@@ -86,11 +93,15 @@ class RayTrainGroup:
 
     def connect_engines(self, engine_urls: list[str]) -> None:
         wait_all([a.connect_engines.remote(engine_urls) for a in self.actors], "trainers to reach the engines")
+        self.engines_connected = True
 
     def sleep(self) -> None:
         """--offload-train: the trainers free their device memory until they next train."""
         wait_all([a.sleep.remote() for a in self.actors], f"the {self.role} trainers to release their memory")
 
     def update_weights(self) -> dict[str, float]:
-        """Every trainer takes part (tensor-parallel gathers); rank 0 reports the sync's metrics."""
+        """Every trainer takes part (tensor-parallel gathers); rank 0 reports the sync's metrics. Without engines
+        (SFT, replayed rollouts) there is nothing to push, and no round trip to the trainers after every step."""
+        if not self.engines_connected:
+            return {}
         return wait_all([a.update_weights.remote() for a in self.actors], "the weight update")[0]

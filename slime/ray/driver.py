@@ -20,19 +20,63 @@ from slime.ray.placement_group import Placement, placement_layout
 from slime.utils.arguments import compute_num_rollout, parse_args, role_args, validate_run
 from slime.utils.errors import is_user_error
 from slime.utils.logging_utils import configure_logging
+from slime.utils.misc import process_start_time
 from slime.utils.tracking import Tracker
 
 logger = logging.getLogger(__name__)
+
+
+class StartupClock:
+    """When the run reached each start-up milestone, counted from the command (the process's start). Reported once,
+    with the first step, as consecutive phases that add up to the time to the first step."""
+
+    # Milestones in the order a run reaches them; `report` adds "first rollout" and "first step".
+    MILESTONES = ("imports", "arguments", "ray", "rollout manager", "trainers")
+
+    def __init__(self):
+        self.started = process_start_time()
+        self.reached: dict[str, float] = {}
+        self.trainer: dict[str, float] = {}  # the slowest trainer's milestones (see TrainRayActor.startup)
+        self.reported = False
+
+    def mark(self, milestone: str) -> None:
+        self.reached.setdefault(milestone, time.time())
+
+    def report(self, first_rollout_s: float) -> dict[str, float]:
+        """Seconds per phase (`startup/<phase>_s`), their total, and when the trainers' own milestones came
+        (`startup/trainer_<milestone>_at_s`): their processes start while the rollout manager starts."""
+        now = time.time()
+        self.reported = True
+        phases, last = {}, self.started
+        for name in self.MILESTONES:
+            if name in self.reached:
+                phases[name], last = self.reached[name] - last, self.reached[name]
+        # The first rollout is timed by the rollout manager; the step (and the transfer) is the rest.
+        phases["first rollout"] = min(first_rollout_s, now - last)
+        phases["first step"] = now - last - phases["first rollout"]
+        metrics = {f"startup/{name.replace(' ', '_')}_s": seconds for name, seconds in phases.items()}
+        metrics["startup/total_s"] = now - self.started
+        metrics.update({f"startup/trainer_{name}_at_s": at - self.started for name, at in self.trainer.items()})
+        logger.info("start-up: %.1f s to the first step (%s; slowest trainer: %s)", now - self.started,
+                    ", ".join(f"{name} {seconds:.2f} s" for name, seconds in phases.items()),
+                    ", ".join(f"{name.replace('_', ' ')} at {at - self.started:.1f} s"
+                              for name, at in self.trainer.items()))
+        return metrics
+
+
+STARTUP = StartupClock()
 
 
 def main(train: Callable[[Namespace], Any]) -> None:
     """`python train.py <flags>`: parse, train, and report a failure anywhere in the run (driver, rollout manager
     or trainer) as a user error (one line, exit status 2) or a crash (its traceback, exit status 1). Either way
     the full traceback, remote frames included, goes to a log file the message names (see write_error_log)."""
+    STARTUP.mark("imports")
     configure_logging()
     args = parse_args()
     try:
         validate_run(args)
+        STARTUP.mark("arguments")
         train(args)
     except KeyboardInterrupt:
         sys.exit(130)
@@ -91,18 +135,20 @@ def ray_session(args: Namespace) -> Iterator[None]:
         return
     # The first failed actor ends the run and is reported once; its peers' errors are not retrieved on purpose.
     os.environ.setdefault("RAY_IGNORE_UNHANDLED_ERRORS", "1")
-    runtime_env = {
-        "env_vars": {"PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))},
-        # Every actor logs like the driver and silences the same library noise, from its first import on.
-        "worker_process_setup_hook": "slime.utils.logging_utils.configure_worker_process",
-    }
+    # Plugins given by path from the working directory import in every actor. Each actor sets its logging up when
+    # it starts (configure_worker_process), so a local run needs no runtime environment: Ray runs the tasks and
+    # actors of a job that has one in fresh worker processes only, never in those it started with the cluster,
+    # which costs each of them a process start (2-5 s of a 2-core machine's start-up).
+    python_path = os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env=runtime_env)
+        ray.init(address=os.environ["RAY_ADDRESS"], runtime_env={"env_vars": {"PYTHONPATH": python_path}})
     else:
+        os.environ["PYTHONPATH"] = python_path  # the cluster's processes inherit the driver's environment
         needed, _ = placement_layout(args)
         # address="local": always a new cluster of our own, never one that another run left on this machine.
         ray.init(address="local", num_cpus=max(os.cpu_count() or 1, needed), _node_ip_address="127.0.0.1",
-                 include_dashboard=False, runtime_env=runtime_env, logging_level=logging.WARNING)
+                 include_dashboard=False, logging_level=logging.WARNING)
+    STARTUP.mark("ray")
     try:
         yield
     except KeyboardInterrupt:
@@ -115,18 +161,26 @@ def ray_session(args: Namespace) -> Iterator[None]:
 def set_num_rollout(args: Namespace, rollout_manager: Any) -> int | None:
     """slime derives the run length from --num-epoch and the dataset length (before the trainers are built)."""
     size = ray.get(rollout_manager.dataset_size.remote())
+    STARTUP.mark("rollout manager")
     compute_num_rollout(args, size)
     logger.info("%d rollouts to train (%s per epoch, %d usable rows)", args.num_rollout,
                 args.num_rollout_per_epoch, size)
     return args.num_rollout_per_epoch
 
 
-def create_training_models(args: Namespace, placement: Placement, rollout_manager: Any
-                           ) -> tuple[RayTrainGroup, RayTrainGroup | None]:
-    """Trainers (and, for PPO, the critic's on the same devices), their start rollout (from a checkpoint, or
-    --start-rollout-id), and the data cursor to match."""
+def create_training_models(args: Namespace, placement: Placement) -> tuple[RayTrainGroup, RayTrainGroup | None]:
+    """The trainers' processes (and, for PPO, the critic's on the same devices), created first: they take the
+    worker processes Ray started with the cluster, and import the trainer while the rollout manager starts;
+    `init_training_models` builds them once the run length is known."""
     actor_model = RayTrainGroup(role_args(args, "actor"), placement)
     critic_model = RayTrainGroup(role_args(args, "critic"), placement) if args.use_critic else None
+    return actor_model, critic_model
+
+
+def init_training_models(args: Namespace, actor_model: RayTrainGroup, critic_model: RayTrainGroup | None,
+                         rollout_manager: Any) -> None:
+    """Build the trainers (after `set_num_rollout`: the LR schedule needs the run length), take their start
+    rollout (from a checkpoint, or --start-rollout-id), and set the data cursor to match."""
     start = actor_model.init(role_args(args, "actor"))
     if critic_model is not None:
         critic_start = critic_model.init(role_args(args, "critic"))
@@ -134,11 +188,12 @@ def create_training_models(args: Namespace, placement: Placement, rollout_manage
             raise RuntimeError(f"the actor's checkpoint resumes at rollout {start}, the critic's at {critic_start}")
     if args.start_rollout_id is None:
         args.start_rollout_id = start
-    wait_all([rollout_manager.load.remote(args.start_rollout_id - 1)], "the data-source state")
-    engine_urls = wait_all([rollout_manager.engine_urls.remote()], "the engines' addresses")[0]
+    _, engine_urls = wait_all([rollout_manager.load.remote(args.start_rollout_id - 1),
+                               rollout_manager.engine_urls.remote()], "the data-source state and engine addresses")
     if engine_urls and not args.debug_rollout_only:
         actor_model.connect_engines(engine_urls)
-    return actor_model, critic_model
+    STARTUP.trainer = actor_model.startup
+    STARTUP.mark("trainers")
 
 
 def sync_weights(args: Namespace, rollout_manager: Any, actor_model: RayTrainGroup) -> dict[str, float]:
@@ -162,6 +217,16 @@ def generate(args: Namespace, rollout_manager: Any, rollout_id: int) -> tuple[li
     if args.offload_rollout:
         wait_all([rollout_manager.offload.remote()], "the engines to release their memory")
     return boxes, metrics
+
+
+def start_train_step(args: Namespace, rollout_id: int, boxes: list, actor_model: RayTrainGroup,
+                     critic_model: RayTrainGroup | None) -> Callable[[], list[dict[str, float]]]:
+    """`train_step` begun: the trainers are asked for their step now, and the returned call waits for its metrics.
+    With a critic (whose step and values come first) the whole of `train_step` runs in that call."""
+    if critic_model is not None:
+        return lambda: train_step(args, rollout_id, boxes, actor_model, critic_model)
+    refs = actor_model.start_train(rollout_id, boxes)
+    return lambda: actor_model.finish_train(rollout_id, refs)
 
 
 def train_step(args: Namespace, rollout_id: int, boxes: list, actor_model: RayTrainGroup,
@@ -233,6 +298,9 @@ class Progress:
             self.bar = tqdm(total=args.num_rollout, initial=args.start_rollout_id, unit="rollout")
 
     def log(self, rollout_id: int, rollout_metrics: dict[str, Any], step_metrics: list[dict[str, float]]) -> None:
+        startup = {}
+        if not STARTUP.reported and "trainers" in STARTUP.reached:  # a run's first step (not a replay in a test)
+            startup = STARTUP.report(float(rollout_metrics.get("perf/rollout_time", 0.0)))
         for metrics in step_metrics:
             if self.first_loss is None:
                 self.first_loss = metrics.get("loss")
@@ -240,7 +308,8 @@ class Progress:
             self.train_seconds += metrics["step_time"]
             self.tracker.log({f"train/{k}": v for k, v in metrics.items()}, step=int(metrics["step"]))
         self.last = step_metrics[-1] if step_metrics else self.last
-        self.tracker.log({k: v for k, v in rollout_metrics.items() if isinstance(v, (int, float))}, step=rollout_id)
+        self.tracker.log({**{k: v for k, v in rollout_metrics.items() if isinstance(v, (int, float))}, **startup},
+                         step=rollout_id)
         done = rollout_id + 1 - self.start_rollout
         remaining = self.args.num_rollout - rollout_id - 1
         eta = (time.monotonic() - self.started) / done * remaining

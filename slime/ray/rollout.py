@@ -17,7 +17,8 @@ import requests
 from slime.backends.sglang_utils.sglang_engine import HTTP, Router, SGLangEngine, unregister_worker
 from slime.ray.placement_group import Placement
 from slime.rollout.base_types import call_rollout_fn, check_eval_output, check_train_output, dataset_checks
-from slime.utils.misc import load_function
+from slime.utils.logging_utils import configure_worker_process
+from slime.utils.misc import load_function, load_tokenizer
 from slime.utils.train_data import (
     REQUIRED_TRAIN_KEYS,
     convert_samples_to_train_data,
@@ -31,6 +32,7 @@ from slime.utils.train_data import (
 from slime.utils.types import Sample
 
 logger = logging.getLogger(__name__)
+_LOGGING_HOOK = f"{configure_worker_process.__module__}.{configure_worker_process.__qualname__}"
 
 
 @dataclass
@@ -55,6 +57,10 @@ class EngineDiedError(RuntimeError):
 
 class RolloutManager:
     def __init__(self, args: Namespace, placement: Placement | None = None):
+        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
+            # As a Ray actor, its process logs like the driver (rollout functions, rewards, data); built in process
+            # (tests, benchmarks), it leaves that process's logging alone.
+            configure_worker_process()
         self.args = args
         self.router: Router | None = None
         self.placement = placement
@@ -74,6 +80,13 @@ class RolloutManager:
         # The cursor as of the end of each generated rollout: with train_async.py, rollout N+1 is already drawn
         # when rollout N is saved, and saving the live cursor would skip a batch on resume.
         self.cursor_after: dict[int, dict[str, Any]] = {}
+        # The rollout functions (SFT's reader, SGLang's) load the tokenizer on their first call, which waits for
+        # the trainers; loading it now overlaps that second or more with the trainers' start. A failure is left to
+        # that first call, which reports it.
+        self.tokenizer_loading = threading.Thread(target=_load_tokenizer_quietly, args=(args.hf_checkpoint,),
+                                                  name="tokenizer-load", daemon=True)
+        if args.hf_checkpoint:
+            self.tokenizer_loading.start()
 
     def _new_engine(self, rank: int) -> Any:
         """An engine actor for slot `rank`, on that slot's devices of the rollout share of the placement group."""
@@ -83,6 +96,9 @@ class RolloutManager:
         options: dict[str, Any] = {"num_cpus": 0.2 if uses_gpus else 0, "num_gpus": 0.2 if uses_gpus else 0}
         if self.placement is not None and self.placement.pg is not None:
             options["scheduling_strategy"] = self.placement.strategy(rank * self.args.rollout_num_gpus_per_engine)
+        # The engine's process sets its logging up through Ray's hook: its start is not on the run's critical
+        # path (a trainer's and the manager's are; they set theirs up themselves, see ray_session).
+        options["runtime_env"] = {"worker_process_setup_hook": _LOGGING_HOOK}
         return ray.remote(SGLangEngine).options(**options).remote(self.args, rank, uses_gpus)
 
     def _start_engines(self) -> None:
@@ -183,6 +199,8 @@ class RolloutManager:
         function then runs on a thread of its own while this one watches. With it, the engines are health-checked
         and a dead one is taken off the router; it is restarted here before the next rollout under
         --debug-rollout-only, and by the driver's `recover_engines` call before a weight update otherwise."""
+        if self.tokenizer_loading.is_alive():
+            self.tokenizer_loading.join()  # one load: the function's own call then finds it cached
         if self.monitor is None:
             return fn(*args, **kwargs)
         self.monitor.resume()
@@ -214,7 +232,14 @@ class RolloutManager:
         return len(self.data_source)
 
     def generate(self, rollout_id: int) -> tuple[list[Box], dict[str, Any]]:
-        """One rollout: samples from the rollout function (or a saved rollout), as per-DP-rank shards."""
+        """One rollout: samples from the rollout function (or a saved rollout), as per-DP-rank shards in the
+        object store (each trainer fetches its own)."""
+        shards, metrics = self.train_shards(rollout_id)
+        return [Box(ray.put(shard)) for shard in shards], metrics
+
+    def train_shards(self, rollout_id: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        """One rollout as tensorised per-DP-rank shards and its metrics (what `generate` puts in the object store;
+        callable without Ray, e.g. by a benchmark that trains in process on the data a run would)."""
         started = time.perf_counter()
         samples, metrics = self._rollout_samples(rollout_id)
         if self.args.save_debug_rollout_data:
@@ -234,7 +259,7 @@ class RolloutManager:
                 "rollout/epoch": getattr(self.data_source, "epoch_id", 0),
                 "perf/rollout_time": elapsed,
             })
-        return [Box(ray.put(tensorize(shard))) for shard in shards], metrics
+        return [tensorize(shard) for shard in shards], metrics
 
     def _rollout_samples(self, rollout_id: int) -> tuple[list[Sample], dict[str, Any]]:
         if self.args.load_debug_rollout_data:
@@ -390,6 +415,13 @@ class EngineMonitor:
             return None  # busy (starting, or stopping at the end of the run), not dead
         except ray.exceptions.RayError as exc:
             return f"its actor died ({type(exc).__name__}: {str(exc).splitlines()[0]})"
+
+
+def _load_tokenizer_quietly(path: str) -> None:
+    try:
+        load_tokenizer(path)
+    except Exception:  # noqa: BLE001 - reported by the rollout function's own load (see RolloutManager.__init__)
+        pass
 
 
 def _mean(values: list[float]) -> float:

@@ -6,24 +6,46 @@ import time and CUDA libraries), and the backend runs without Ray in tests.
 
 from __future__ import annotations
 
+import time
 from argparse import Namespace
 from typing import Any
 
 import ray
 
+from slime.utils.logging_utils import configure_worker_process
+from slime.utils.misc import free_port, process_start_time
+
 
 class TrainRayActor:
-    def __init__(self, world_size: int, rank: int, master_addr: str, master_port: int):
+    """Created as soon as the placement group is: the backend's imports (torch, Megatron: seconds) run while the
+    rollout manager starts and the driver learns the run length; `init` then builds the trainer."""
+
+    def __init__(self, world_size: int, rank: int):
+        # When this trainer's start-up milestones were reached (time.time()), for the driver's start-up report.
+        self.startup = {"process_started": process_start_time()}
+        configure_worker_process()  # before the backend's imports: Megatron's import-time notes are silenced
         from slime.backends.megatron_utils.actor import MegatronTrainRayActor
 
-        self.backend = MegatronTrainRayActor(world_size, rank, master_addr, master_port)
+        self.backend_class = MegatronTrainRayActor
+        self.world_size, self.rank = world_size, rank
+        self.backend: Any = None
+        self.startup["imported"] = time.time()
+
+    def rendezvous_address(self) -> tuple[str, int]:
+        """(this node's address, a free port on it): where the trainers' process group meets (asked of rank 0)."""
+        return ray.util.get_node_ip_address(), free_port()
 
     def _my_shard(self, boxes: list) -> dict[str, Any]:
         # Every tensor-parallel peer of a data-parallel rank fetches the same shard.
         return ray.get(boxes[self.backend.data_parallel_rank()].inner)
 
-    def init(self, args: Namespace) -> int:
-        return self.backend.init(args)
+    def init(self, args: Namespace, master_addr: str, master_port: int) -> tuple[int, dict[str, float]]:
+        """Build the trainer; returns the rollout to start at, and the start-up milestones."""
+        self.startup["init_started"] = time.time()
+        self.backend = self.backend_class(self.world_size, self.rank, master_addr, master_port)
+        start = self.backend.init(args)
+        self.startup["initialised"] = time.time()
+        return start, self.startup
 
     def train(self, rollout_id: int, boxes: list, values: Any = None) -> list[dict[str, float]]:
         return self.backend.train(rollout_id, self._my_shard(boxes), values)

@@ -36,14 +36,25 @@ class _DropMessages(logging.Filter):
         return not record.getMessage().startswith(self.prefixes)
 
 
+class _DropCpuPathNotes(_DropMessages):
+    """Drops the CPU bridges' notes on machines without a GPU. Whether there is one is asked only when such a note
+    arrives (by then the trainer has imported torch): importing torch here would cost every process of a run,
+    the driver included, a second or more of start-up."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if super().filter(record):
+            return True
+        from slime.utils.device import has_gpu
+
+        return has_gpu()
+
+
 def configure_logging(level: int = logging.INFO) -> None:
     logging.basicConfig(level=level, format=LOG_FORMAT, force=True)
     silence_library_noise()
 
 
 def silence_library_noise() -> None:
-    from slime.utils.device import has_gpu
-
     warnings.filterwarnings("ignore", message=_LIBRARY_NOTES)
     # Megatron's own UserWarnings are about its internals (a deprecated default, a non-leaf .grad access).
     warnings.filterwarnings("ignore", category=UserWarning, module=r"megatron\.")
@@ -54,14 +65,16 @@ def silence_library_noise() -> None:
     # Library INFO lines (Megatron's set-up chatter) would bury the run's own log; their warnings still show.
     for name in _NOISY_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
-    notes = _LIBRARY_LOG_NOTES + (() if has_gpu() else _CPU_PATH_LOG_NOTES)
     for handler in logging.getLogger().handlers:
-        handler.addFilter(_DropMessages(notes))
+        handler.addFilter(_DropMessages(_LIBRARY_LOG_NOTES))
+        handler.addFilter(_DropCpuPathNotes(_CPU_PATH_LOG_NOTES))
 
 
 def configure_worker_process() -> None:
-    """Ray's worker_process_setup_hook for every actor of a run (see slime.ray.driver.ray_session)."""
+    """Logging of a run's Ray worker process (trainer, rollout manager, engine), set up when it starts. Calling it
+    again changes nothing."""
     configure_logging()
     # Ray's loggers write through the handlers of the "ray" logger, which does not propagate to the root.
     for handler in logging.getLogger("ray").handlers:
-        handler.addFilter(_DropMessages(_RAY_CREATION_TASK_REPORT))
+        if not any(isinstance(f, _DropMessages) for f in handler.filters):
+            handler.addFilter(_DropMessages(_RAY_CREATION_TASK_REPORT))

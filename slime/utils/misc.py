@@ -1,5 +1,5 @@
 """Small helpers shared by every layer: plugin loading by dotted path, periodic-action scheduling, the tokenizer,
-a free port."""
+a free port, when this process started."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import importlib
 import os
 import socket
 import sys
+import time
 from typing import Any, Callable
 
 from slime.utils.errors import UserError
@@ -83,3 +84,16 @@ def terminate_with_parent() -> None:
 
         pr_set_pdeathsig = 1
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+
+def process_start_time() -> float:
+    """When this process started, on the clock of time.time(): start-up times count from the command, including
+    the interpreter's start and the imports. Read from /proc on Linux (to the kernel's clock tick); elsewhere, now."""
+    try:
+        with open("/proc/self/stat") as f:
+            # Field 22 (starttime, in clock ticks since boot); the fields after the parenthesised name start at 3.
+            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
+        age = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.time()
+    return time.time() - age

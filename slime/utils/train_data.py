@@ -1,4 +1,8 @@
-"""From rollout samples to per-data-parallel-rank training data (what the rollout manager sends each trainer)."""
+"""From rollout samples to per-data-parallel-rank training data (what the rollout manager sends each trainer).
+
+torch is imported where tensors are made, not at the top: the driver imports this module (through the rollout
+manager's) but never makes a tensor, and importing torch would add a second or more to every run's start-up.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,8 @@ import os
 from argparse import Namespace
 from typing import Any
 
-import torch
-
 from slime.utils.dp_schedule import build_dp_schedule, first_fit_pack
 from slime.utils.misc import load_function
-from slime.utils.ppo_utils import normalize_group_rewards
 from slime.utils.types import Sample
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ GROUP_STD_ESTIMATORS = ("grpo", "gspo", "cispo")
 
 def post_process_rewards(args: Namespace, samples: list[Sample]) -> tuple[list[Any], list[float]]:
     """(raw rewards, rewards to train on): slime's group normalisation, or --custom-reward-post-process-path."""
+    from slime.utils.ppo_utils import normalize_group_rewards  # imports torch (see the module's note)
+
     if getattr(args, "custom_reward_post_process_path", None):
         return load_function(args.custom_reward_post_process_path)(args, samples)
     raw = [s.get_reward_value(args) for s in samples]
@@ -61,6 +64,8 @@ def post_process_rewards(args: Namespace, samples: list[Sample]) -> tuple[list[A
 
 def save_debug_rollout_data(path: str, rollout_id: int, samples: list[Sample]) -> None:
     """`{"rollout_id", "samples": [sample.to_dict()]}`, written atomically (--save-debug-rollout-data)."""
+    import torch
+
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     torch.save({"rollout_id": rollout_id, "samples": [s.to_dict() for s in samples]}, path + ".tmp")
     os.replace(path + ".tmp", path)
@@ -68,6 +73,8 @@ def save_debug_rollout_data(path: str, rollout_id: int, samples: list[Sample]) -
 
 def load_debug_rollout_data(path: str, subsample: float | None = None) -> list[Sample]:
     """The samples saved by --save-debug-rollout-data; `subsample` keeps that fraction, half from each end."""
+    import torch
+
     if not os.path.exists(path):
         raise FileNotFoundError(f"--load-debug-rollout-data: {path} does not exist")
     samples = [Sample.from_dict(d) for d in torch.load(path, weights_only=False)["samples"]]
@@ -158,6 +165,8 @@ def split_train_data_by_dp(args: Namespace, data: dict, dp_size: int) -> list[di
 
 def tensorize(shard: dict[str, Any]) -> dict[str, Any]:
     """Token and mask lists as CPU tensors (what crosses the object store); a shard already in tensors is kept."""
+    import torch
+
     if shard["tokens"] and isinstance(shard["tokens"][0], torch.Tensor):
         return shard
     out = dict(shard)

@@ -6,9 +6,15 @@ Qwen3's 151,936 vocabulary. `vocab_parallel_log_probs` computes the same values 
 
 - forward: for each chunk of positions, upcast that chunk of logits to fp32, divide by the temperature, and keep only
   three numbers per position (log-sum-exp, target logit, and for the entropy the expected logit). Nothing of
-  vocabulary width outlives the chunk.
+  vocabulary width outlives the chunk, with one exception below.
 - backward: recompute the softmax of each chunk from the saved logits and the saved log-sum-exp and write that
   chunk's gradient straight into the logits' gradient (no one-hot, no second full-width softmax).
+- exception, log-probs of fp32 logits with a backward to come (SFT on CPU, or an fp32 GPU run): the logits'
+  gradient buffer, which the backward needs anyway, is allocated in the forward and each contiguous chunk's
+  exp(x - max) is computed in its rows and left there; the backward then only scales the rows by
+  -grad / sum(exp) and adds the target's term: one exponential per logit instead of two, one pass instead of three,
+  and the logits need not be kept for the backward. Peak memory is unchanged (logits plus gradient, as in the
+  backward). bf16 logits (an fp32 buffer would double their memory) and the entropy keep the recompute.
 
 Only the positions asked for (the response positions) are computed: prompt and padding positions cost nothing and
 get a zero gradient, as they do in the plain path. With tensor parallelism each rank holds a slice of the vocabulary;
@@ -48,28 +54,29 @@ def _plan_chunks(rows: torch.Tensor, size: int) -> list[tuple[int, int, int | No
     return plan
 
 
-def _chunk_logits(logits: torch.Tensor, rows: torch.Tensor, chunk: tuple[int, int, int | None], temperature: float,
-                  out: torch.Tensor | None = None) -> torch.Tensor:
-    """The chunk's logits divided by the temperature, in fp32 (or wider), in a buffer the caller may overwrite
-    (`out` when given): the logits themselves are never modified."""
+def _chunk_logits(logits: torch.Tensor, rows: torch.Tensor, chunk: tuple[int, int, int | None],
+                  temperature: float) -> tuple[torch.Tensor, bool]:
+    """The chunk's logits divided by the temperature, in fp32 (or wider), and whether that tensor is a buffer of its
+    own the caller may overwrite. Wide logits at temperature 1 come back as a view of the logits themselves (read
+    only): copying them first would cost a pass over the chunk's memory for nothing."""
     first, last, start = chunk
     wide = torch.promote_types(logits.dtype, torch.float32)
     if start is None:
-        part, owned = logits.index_select(0, rows[first:last]), logits.dtype == wide
+        part, owned = logits.index_select(0, rows[first:last]), True
     else:
         part, owned = logits[start : start + last - first], False
-    if out is not None:
-        return torch.div(part, temperature, out=out) if temperature != 1.0 else out.copy_(part)
-    if not owned:
-        return part.to(wide, copy=True).div_(temperature) if temperature != 1.0 else part.to(wide, copy=True)
-    return part.div_(temperature) if temperature != 1.0 else part
+    if part.dtype != wide:
+        part, owned = part.to(wide), True
+    if temperature != 1.0:
+        return (part.div_(temperature) if owned else part.div(temperature)), True
+    return part, owned
 
 
 class _VocabParallelLogProbs(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, rows_host: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor,
                 gaps: list[tuple[int, int]], vocab_start: int, temperature: float, with_entropy: bool, size: int,
-                group: Any) -> tuple[torch.Tensor, ...]:
+                group: Any, will_backward: bool) -> tuple[torch.Tensor, ...]:
         vocab_shard = logits.shape[-1]
         local = targets - vocab_start
         in_shard = (local >= 0) & (local < vocab_shard)
@@ -80,51 +87,74 @@ class _VocabParallelLogProbs(torch.autograd.Function):
         target_logit = torch.empty(n, dtype=dtype, device=logits.device)
         expected = torch.empty(n, dtype=dtype, device=logits.device) if with_entropy else None
         plan = _plan_chunks(rows_host, size)
+        # Kept softmax (log-probs of wide logits, a backward to come): the gradient's buffer is allocated now and
+        # each contiguous chunk's exp(x - max) is left in its rows, so the backward only scales them.
+        grad = torch.empty_like(logits) if will_backward and not with_entropy and logits.dtype == dtype else None
+        exp_sum = torch.empty(n, dtype=dtype, device=logits.device) if grad is not None else None
         for chunk in plan:
-            first, last, _ = chunk
-            x = _chunk_logits(logits, rows, chunk, temperature)
-            row_max = x.max(dim=-1).values
+            first, last, start = chunk
+            x, owned = _chunk_logits(logits, rows, chunk, temperature)
+            row_max = x.amax(dim=-1)
             if group is not None:
                 dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)
             picked = x.gather(-1, local[first:last].unsqueeze(-1)).squeeze(-1) * in_shard[first:last]
-            x.sub_(row_max.unsqueeze(-1))
-            if with_entropy:
-                exp = x.exp()
-                sums = torch.stack([exp.sum(dim=-1), picked, exp.mul_(x).sum(dim=-1)])  # third: sum e^(x-m) (x-m)
+            if grad is not None and start is not None:
+                shifted = torch.sub(x, row_max.unsqueeze(-1), out=grad[start : start + last - first])
             else:
-                sums = torch.stack([x.exp_().sum(dim=-1), picked])
+                shifted = x.sub_(row_max.unsqueeze(-1)) if owned else x - row_max.unsqueeze(-1)
+            if with_entropy:
+                exp = shifted.exp()
+                sums = torch.stack([exp.sum(dim=-1), picked, exp.mul_(shifted).sum(dim=-1)])  # third: sum e^s s
+            else:
+                sums = torch.stack([shifted.exp_().sum(dim=-1), picked])
             if group is not None:
                 dist.all_reduce(sums, group=group)
             log_sum_exp[first:last] = row_max + sums[0].log()
             target_logit[first:last] = sums[1]
             if with_entropy:
                 expected[first:last] = row_max + sums[2] / sums[0]
-        ctx.save_for_backward(logits, rows, local, in_shard, log_sum_exp, *((expected,) if with_entropy else ()))
+            if exp_sum is not None:
+                exp_sum[first:last] = sums[0]
+        # The logits are read again only by chunks whose softmax was not kept.
+        recomputes = grad is None or any(start is None for _, _, start in plan)
+        ctx.save_for_backward(logits if recomputes else None, rows, local, in_shard, log_sum_exp,
+                              *((expected,) if with_entropy else ()))
         ctx.plan, ctx.gaps, ctx.temperature, ctx.with_entropy = plan, gaps, temperature, with_entropy
+        ctx.grad, ctx.exp_sum, ctx.kept = grad, exp_sum, grad is not None
         log_probs = target_logit - log_sum_exp
         return (log_probs, log_sum_exp - expected) if with_entropy else (log_probs,)
 
     @staticmethod
     def backward(ctx: Any, grad_log_probs: torch.Tensor, grad_entropy: torch.Tensor | None = None) -> tuple:
         logits, rows, local, in_shard, log_sum_exp, *rest = ctx.saved_tensors
-        grad = torch.empty_like(logits)
+        if ctx.kept and ctx.grad is None:
+            raise RuntimeError("the fused log-prob's backward ran twice: its buffer became the first gradient")
+        grad = ctx.grad if ctx.kept else torch.empty_like(logits)
+        ctx.grad = None
         for start, end in ctx.gaps:  # prompts and padding get no gradient, as in the plain path
             grad[start:end].zero_()
         for chunk in ctx.plan:
             first, last, start = chunk
-            # Computed in place in the gradient's own rows when they can hold fp32 and are contiguous.
-            direct = start is not None and grad.dtype == torch.promote_types(grad.dtype, torch.float32)
-            x = _chunk_logits(logits, rows, chunk, ctx.temperature,
-                              out=grad[start : start + last - first] if direct else None)
-            lse = log_sum_exp[first:last].unsqueeze(-1)
             g_lp = grad_log_probs[first:last].unsqueeze(-1)
-            # d log p(t) / dx = onehot(t) - p;  d entropy / dx = -p * (x - E_p[x])
+            # d log p(t) / dx = onehot(t) - p;  d entropy / dx = -p * (x - E_p[x]); x = logits / temperature
+            if ctx.kept and start is not None:  # p = exp(x - max) / sum, the exponentials already in place
+                g = grad[start : start + last - first]
+                g.mul_(g_lp.div(ctx.exp_sum[first:last].unsqueeze(-1) * -ctx.temperature))
+                g.scatter_add_(-1, local[first:last].unsqueeze(-1),
+                               (g_lp.squeeze(-1) * in_shard[first:last] / ctx.temperature).unsqueeze(-1))
+                continue
+            x, owned = _chunk_logits(logits, rows, chunk, ctx.temperature)
+            lse = log_sum_exp[first:last].unsqueeze(-1)
+            # Written straight into the gradient's rows when they are contiguous and can hold fp32; otherwise
+            # into the chunk's own buffer when it has one (x is not read again without the entropy).
+            direct = start is not None and grad.dtype == torch.promote_types(grad.dtype, torch.float32)
+            out = grad[start : start + last - first] if direct else (x if owned and not ctx.with_entropy else None)
+            p = torch.sub(x, lse, out=out).exp_() if out is not None else (x - lse).exp_()
             if ctx.with_entropy:
-                p = (x - lse).exp_()
-                g = x.sub_(rest[0][first:last].unsqueeze(-1)).mul_(grad_entropy[first:last].unsqueeze(-1))
-                g = g.add_(g_lp).mul_(p).neg_()
+                weight = x.sub_(rest[0][first:last].unsqueeze(-1)) if owned else x - rest[0][first:last].unsqueeze(-1)
+                g = p.mul_(weight.mul_(grad_entropy[first:last].unsqueeze(-1)).add_(g_lp)).neg_()
             else:
-                g = x.sub_(lse).exp_().mul_(g_lp).neg_()
+                g = p.mul_(g_lp.neg())
             g.scatter_add_(-1, local[first:last].unsqueeze(-1), (g_lp.squeeze(-1) * in_shard[first:last]).unsqueeze(-1))
             if ctx.temperature != 1.0:
                 g.div_(ctx.temperature)
@@ -134,7 +164,7 @@ class _VocabParallelLogProbs(torch.autograd.Function):
                 grad[start : start + last - first] = g
             else:
                 grad.index_copy_(0, rows[first:last], g.to(grad.dtype))
-        return grad, None, None, None, None, None, None, None, None, None
+        return grad, None, None, None, None, None, None, None, None, None, None
 
 
 def vocab_parallel_log_probs(
@@ -161,5 +191,6 @@ def vocab_parallel_log_probs(
     ends = [0] + [e for _, e in rows]
     gaps = [(a, b) for a, b in zip(ends, [s for s, _ in rows] + [logits.shape[0]]) if b > a]
     outputs = _VocabParallelLogProbs.apply(logits, rows_host, rows_device, targets[rows_device], gaps, vocab_start,
-                                           temperature, with_entropy, size, group)
+                                           temperature, with_entropy, size, group,
+                                           torch.is_grad_enabled() and logits.requires_grad)
     return outputs[0], (outputs[1] if with_entropy else None)

@@ -16,6 +16,7 @@ whatever the split into micro-batches and data-parallel ranks.
 from __future__ import annotations
 
 from argparse import Namespace
+from itertools import accumulate
 from typing import Any, Callable
 
 import torch
@@ -44,15 +45,36 @@ def response_spans(batch: dict) -> list[tuple[int, int]]:
     return spans
 
 
+def response_positions(batch: dict) -> torch.Tensor:
+    """The positions of every response span (`response_spans`), concatenated: a host tensor."""
+    spans = response_spans(batch)
+    return torch.cat([torch.arange(s, e) for s, e in spans]) if spans else torch.zeros(0, dtype=torch.long)
+
+
+def logit_spans(batch: dict) -> list[tuple[int, int]]:
+    """Each sample's response span in the rows of the logits a loss receives: `response_spans` when the logits
+    cover the packed stream, consecutive ranges when they hold the response positions only (`forward_logits`)."""
+    spans = response_spans(batch)
+    if not batch.get("logits_at_responses"):
+        return spans
+    ends = list(accumulate(e - s for s, e in spans))
+    return [(end - (e - s), end) for end, (s, e) in zip(ends, spans)]
+
+
 def get_log_probs_and_entropy(
     args: Namespace, batch: dict, logits: torch.Tensor, with_entropy: bool = False
 ) -> tuple[list[torch.Tensor], list[torch.Tensor] | None]:
-    """Per-sample response log-probs (and entropies) in fp32. logits: [1, T, vocab/tp] in the model's dtype;
-    divided by --rollout-temperature as slime does (also for SFT). Only the response positions are computed."""
-    spans = response_spans(batch)
+    """Per-sample response log-probs (and entropies) in fp32. logits: [1, T, vocab/tp] in the model's dtype, or
+    [1, R, vocab/tp] at the response positions only; divided by --rollout-temperature as slime does (also for SFT).
+    Only the response positions are computed."""
+    spans = logit_spans(batch)
     targets = torch.roll(batch["tokens"][0], shifts=-1)
+    if batch.get("logits_at_responses"):
+        targets = targets[batch["response_positions"]]
+    # flatten, not [0]: a view whose backward is a view, where indexing's backward would zero-fill a
+    # tokens-by-vocabulary gradient and copy into it.
     log_probs, entropy = vocab_parallel_log_probs(
-        logits[0], spans, targets, temperature=args.rollout_temperature, with_entropy=with_entropy,
+        logits.flatten(0, 1), spans, targets, temperature=args.rollout_temperature, with_entropy=with_entropy,
         chunk_size=getattr(args, "log_probs_chunk_size", None),
     )
     lengths = [e - s for s, e in spans]
@@ -203,7 +225,7 @@ def policy_loss_function(args: Namespace, batch: dict, logits: torch.Tensor, sum
 
 def value_loss_function(args: Namespace, batch: dict, logits: torch.Tensor, sum_of_sample_mean: Callable):
     """Clipped value loss of a critic whose output layer has one unit ([1, T, 1])."""
-    values = torch.cat([logits[0, s:e, 0] for s, e in response_spans(batch)]).float()
+    values = torch.cat([logits[0, s:e, 0] for s, e in logit_spans(batch)]).float()
     old_values = torch.cat(batch["values"]).to(values)
     returns = torch.cat(batch["returns"]).to(values)
     clipped = old_values + (values - old_values).clamp(-args.value_clip, args.value_clip)

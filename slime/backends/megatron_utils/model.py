@@ -23,10 +23,11 @@ from slime.backends.megatron_utils.attention import packed_sequences
 from slime.backends.megatron_utils.cpu_bridges import cuda_literals_on_cpu
 from slime.backends.megatron_utils.loss import (
     compute_loss,
-    response_spans,
     get_log_probs_and_entropy,
+    logit_spans,
     loss_function,
     report_step_metrics,
+    response_positions,
 )
 from slime.backends.megatron_utils.model_provider import build_gpt_model, use_transformer_engine
 from slime.utils.device import device, has_gpu, params_dtype, peak_tflops, synchronize
@@ -74,10 +75,23 @@ def setup_model_and_optimizer(args: Namespace) -> tuple[DistributedDataParallel,
     )
     with cuda_literals_on_cpu():
         optimizer = get_megatron_optimizer(optimizer_config, [model])
+    _fuse_torch_adam(optimizer)
     config.grad_scale_func = optimizer.scale_loss
     config.no_sync_func = model.no_sync
     config.finalize_model_grads_func = finalize_model_grads
     return model, optimizer, build_scheduler(args, optimizer)
+
+
+def _fuse_torch_adam(optimizer: Any) -> None:
+    """Without Transformer Engine or Apex, Megatron falls back to torch's Adam, which on the CPU then updates
+    parameter by parameter in about ten full passes over each; its fused kernel (CPU and CUDA alike) makes one, with
+    the same formulas (results equal up to float rounding). Set before the first step, so a checkpoint saved from
+    here records it and its step counters load on the parameters' device, as the fused kernel wants them."""
+    for inner in getattr(optimizer, "chained_optimizers", [optimizer]):
+        torch_optimizer = getattr(inner, "optimizer", None)
+        if type(torch_optimizer) in (torch.optim.Adam, torch.optim.AdamW):
+            for group in torch_optimizer.param_groups:
+                group.update(fused=True, foreach=False)
 
 
 def build_scheduler(args: Namespace, optimizer: Any) -> OptimizerParamScheduler:
@@ -134,25 +148,47 @@ def get_batch(args: Namespace, shard: dict, indices: list[int]) -> dict:
         "rollout_mask_sums": shard["rollout_mask_sums"][indices].to(target, non_blocking=True),
         "unconcat_tokens": tokens,
     }
+    batch["response_positions"] = response_positions(batch).to(target, non_blocking=True)
     for key in OPTIONAL_KEYS:
         if key in shard:
             batch[key] = [shard[key][i] for i in indices]
     return batch
 
 
-def forward_logits(model: torch.nn.Module, batch: dict) -> torch.Tensor:
+def forward_logits(model: torch.nn.Module, batch: dict, responses_only: bool = False) -> torch.Tensor:
     """[1, T, vocab/TP] logits of a packed micro-batch, in the model's dtype: under bf16 Megatron's Float16Module
-    would otherwise upcast the whole tokens-by-vocabulary tensor to fp32, which the chunked loss does per chunk."""
+    would otherwise upcast the whole tokens-by-vocabulary tensor to fp32, which the chunked loss does per chunk.
+
+    `responses_only`: [1, R, vocab/TP], the logits of the R positions that predict response tokens, in stream
+    order (what the built-in losses and the log-prob and value passes read); prompts and padding skip the output
+    layer, whose matmuls over the vocabulary, logits and logits' gradient dominate a small model's step. The batch
+    records it (`logits_at_responses`) for the loss (`logit_spans`). A model whose output layer cannot select rows
+    (sequence parallelism, a custom provider without one) returns every position."""
     inner = model.module if isinstance(model, DistributedDataParallel) else model
     kwargs = {"fp32_output": False} if isinstance(inner, Float16Module) else {}
-    return model(input_ids=batch["tokens"], position_ids=None, attention_mask=None,
-                 packed_seq_params=batch["packed_seq_params"], **kwargs)
+    layer = getattr(inner.module if isinstance(inner, Float16Module) else inner, "output_layer", None)
+    selects = responses_only and hasattr(layer, "selected_rows")
+    batch["logits_at_responses"] = selects
+    if selects:
+        layer.selected_rows = batch["response_positions"]
+    try:
+        return model(input_ids=batch["tokens"], position_ids=None, attention_mask=None,
+                     packed_seq_params=batch["packed_seq_params"], **kwargs)
+    finally:
+        if selects:
+            layer.selected_rows = None
+
+
+def uses_response_logits_only(args: Namespace) -> bool:
+    """The built-in losses read the logits of response positions only; a custom loss gets every position."""
+    return args.loss_type != "custom_loss"
 
 
 def _forward_step(args: Namespace, num_microbatches: int, step_global_batch_size: int,
                   data_iterator: Iterator[dict], model: torch.nn.Module) -> tuple[torch.Tensor, Callable]:
     batch = next(data_iterator)
-    return forward_logits(model, batch), partial(loss_function, args, batch, num_microbatches, step_global_batch_size)
+    logits = forward_logits(model, batch, uses_response_logits_only(args))
+    return logits, partial(loss_function, args, batch, num_microbatches, step_global_batch_size)
 
 
 def reset_optimizer_states(args: Namespace, optimizer: Any) -> None:
@@ -227,7 +263,7 @@ def forward_only_loss(args: Namespace, model, shard: dict, micro_batches: list[l
     reports = []
     for indices in micro_batches:
         batch = get_batch(args, shard, indices)
-        reports.append(compute_loss(args, batch, forward_logits(model, batch))[1])
+        reports.append(compute_loss(args, batch, forward_logits(model, batch, uses_response_logits_only(args)))[1])
     return report_step_metrics(args, reports, None, num_samples=sum(len(mb) for mb in micro_batches))
 
 
@@ -250,7 +286,7 @@ def compute_log_probs(args: Namespace, model, shard: dict) -> list[torch.Tensor]
     out: list[torch.Tensor | None] = [None] * len(shard["tokens"])
     for indices in log_prob_micro_batches(args, shard):
         batch = get_batch(args, shard, indices)
-        log_probs, _ = get_log_probs_and_entropy(args, batch, forward_logits(model, batch))
+        log_probs, _ = get_log_probs_and_entropy(args, batch, forward_logits(model, batch, responses_only=True))
         for index, values in zip(indices, log_probs):
             out[index] = values.float().cpu()
     return out
@@ -264,7 +300,7 @@ def compute_values(args: Namespace, model, shard: dict) -> list[torch.Tensor]:
     out: list[torch.Tensor | None] = [None] * len(shard["tokens"])
     for indices in log_prob_micro_batches(args, shard):
         batch = get_batch(args, shard, indices)
-        values = forward_logits(model, batch)[0, :, 0]
-        for index, (start, end) in zip(indices, response_spans(batch)):
+        values = forward_logits(model, batch, responses_only=True)[0, :, 0]
+        for index, (start, end) in zip(indices, logit_spans(batch)):
             out[index] = values[start:end].float().cpu()
     return out

@@ -167,6 +167,29 @@ class ValueHead(torch.nn.Module):
         return F.linear(hidden_states, self.weight.to(hidden_states.dtype)), None
 
 
+def _select_output_rows(module: torch.nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """Forward pre-hook of the output layer: when `module.selected_rows` is set (by `forward_logits`), only those
+    positions of the [s, b, h] hidden states go through the layer."""
+    rows = module.selected_rows
+    if rows is None:
+        return None
+    assert args, "GPTModel passes the hidden states to its output layer positionally"
+    return (args[0].index_select(0, rows), *args[1:]), kwargs
+
+
+def enable_output_row_selection(model: torch.nn.Module) -> None:
+    """Let `forward_logits` run the output layer on the positions a loss reads only (the vocabulary-wide matmuls,
+    the logits and their gradient are most of a small model's step). Under sequence parallelism each rank holds a
+    slice of the sequence when the output layer gathers it, so there the layer keeps computing every position."""
+    layer = getattr(model, "output_layer", None)
+    config = getattr(model, "config", None)
+    if not isinstance(layer, torch.nn.Module) or config is None or config.sequence_parallel \
+            or hasattr(layer, "selected_rows"):  # a custom provider may return a model built here, already enabled
+        return
+    layer.selected_rows = None
+    layer.register_forward_pre_hook(_select_output_rows, with_kwargs=True)
+
+
 def is_critic(args: Namespace) -> bool:
     return getattr(args, "role", "actor") == "critic"
 
@@ -201,6 +224,8 @@ def build_gpt_model(args: Namespace, pre_process: bool | None = None, post_proce
         if not args.untie_embeddings_and_output_weights:
             raise AssertionError("the critic's role arguments untie the embeddings (see role_args)")
         model.output_layer = ValueHead(model.config)
+    if post_process:
+        enable_output_row_selection(model)
     model = model.to(torch.device("cuda", torch.cuda.current_device()) if has_gpu() else "cpu")
     config = getattr(model, "config", None)  # a Megatron module's TransformerConfig
     if config is not None and (config.bf16 or config.fp16):

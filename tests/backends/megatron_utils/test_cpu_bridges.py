@@ -4,10 +4,21 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from slime.backends.megatron_utils.cpu_bridges import CudaLiteralsToCpu, apply_cpu_bridges, cuda_literals_on_cpu
 
 pytestmark = pytest.mark.usefixtures("megatron_world")
+
+
+class RecordedOps(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
 
 
 def test_bridges_are_installed_only_without_gpu():
@@ -55,3 +66,38 @@ def test_cuda_literals_map_to_cpu_only_inside_the_block():
     with pytest.raises((AssertionError, RuntimeError)):
         torch.zeros(1, device="cuda")
     assert isinstance(CudaLiteralsToCpu(), torch.overrides.TorchFunctionMode)
+
+
+def test_gradient_clipping_scales_in_place_as_megatron_clips():
+    from megatron.core.optimizer.clip_grads import clip_grad_by_total_norm_fp32
+
+    apply_cpu_bridges()
+    params = [torch.nn.Parameter(torch.ones(3)), torch.nn.Parameter(torch.ones(2, 2))]
+    params[0].grad, params[1].grad = torch.full((3,), 2.0), torch.full((2, 2), -1.0)
+    storage = [p.grad.data_ptr() for p in params]
+    with cuda_literals_on_cpu(), RecordedOps() as recorded:
+        clip_grad_by_total_norm_fp32(params, max_norm=1.0, total_norm=4.0)
+    assert torch.allclose(params[0].grad, torch.full((3,), 0.5)) and torch.allclose(params[1].grad,
+                                                                                   torch.full((2, 2), -0.25))
+    assert [p.grad.data_ptr() for p in params] == storage
+    # One in-place pass per gradient: no temporary product copied back (Megatron's stand-in does mul + copy_).
+    assert "aten.copy_.default" not in recorded.ops and "aten.mul_.Tensor" in recorded.ops
+    with cuda_literals_on_cpu():
+        clip_grad_by_total_norm_fp32(params, max_norm=1.0, total_norm=0.5)  # under the bound: unchanged
+    assert torch.allclose(params[0].grad, torch.full((3,), 0.5))
+
+
+def test_freed_host_memory_is_reused_without_new_page_faults():
+    import resource
+
+    apply_cpu_bridges()
+
+    def page_faults_of_a_fresh_buffer() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.empty(64 * 1024**2 // 4).fill_(1.0)  # 64 MB, over glibc's largest mmap threshold, freed at once
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    page_faults_of_a_fresh_buffer()
+    pages = 64 * 1024**2 // resource.getpagesize()
+    # Unbridged, every such buffer is a new mapping and faults on all its pages (16,384 of 4 KB).
+    assert page_faults_of_a_fresh_buffer() < pages // 10

@@ -48,13 +48,18 @@ def fused_and_plain(logits, targets, upstream, rows=ROWS, temperature=1.0, chunk
 
 @pytest.mark.parametrize("temperature", [1.0, 0.6])
 @pytest.mark.parametrize("chunk", [None, 1, 4])
-def test_equals_plain_path_in_fp64_and_fp32(temperature, chunk):
+@pytest.mark.parametrize("with_entropy", [True, False], ids=["entropy", "log_probs_only"])
+def test_equals_plain_path_in_fp64_and_fp32(temperature, chunk, with_entropy):
+    # Log-probs only, the wide logits' softmax is kept from the forward in the gradient's buffer (contiguous
+    # chunks) and recomputed for the others; with the entropy every chunk is recomputed.
     for dtype, tol in ((torch.float64, 1e-12), (torch.float32, 2e-6)):
         logits, targets, upstream = case(dtype)
         (lp, ent, grad), (ref_lp, ref_ent, ref_grad) = fused_and_plain(logits, targets, upstream,
-                                                                      temperature=temperature, chunk=chunk)
-        assert lp.dtype == ent.dtype == torch.promote_types(dtype, torch.float32)
-        assert (lp - ref_lp).abs().max() < tol and (ent - ref_ent).abs().max() < tol
+                                                                      temperature=temperature, chunk=chunk,
+                                                                      with_entropy=with_entropy)
+        assert lp.dtype == torch.promote_types(dtype, torch.float32) and (lp - ref_lp).abs().max() < tol
+        if with_entropy:
+            assert ent.dtype == lp.dtype and (ent - ref_ent).abs().max() < tol
         assert (grad - ref_grad).abs().max() < tol
         outside = torch.ones(logits.shape[0], dtype=torch.bool)
         for s, e in ROWS:
@@ -81,6 +86,15 @@ def test_bf16_logits_are_computed_in_fp32():
     assert (lp - ref_lp).abs().max() < 2e-6 and (ent - ref_ent).abs().max() < 2e-6
     # The plain path's gradient is fp32 then rounded to bf16; ours is rounded once from the same fp32 values.
     assert torch.allclose(grad.float(), ref_grad.float(), rtol=1e-2, atol=1e-3)
+
+
+def test_a_kept_softmax_is_not_backpropagated_twice():
+    logits, targets, _ = case(torch.float32)
+    logits.requires_grad_()
+    log_probs, _ = vocab_parallel_log_probs(logits, [(0, 12)], targets)
+    log_probs.sum().backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        log_probs.sum().backward()
 
 
 def test_empty_selection():

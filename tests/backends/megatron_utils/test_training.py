@@ -260,3 +260,82 @@ def test_reset_optimizer_states_makes_the_next_step_a_fresh_adam_step():
     for name, tensor in with_reset.items():
         assert torch.allclose(tensor, expected[name], atol=1e-7), name
     assert any(not torch.allclose(tensor, expected[name], atol=1e-5) for name, tensor in without_reset.items())
+
+
+def test_output_layer_runs_on_the_response_positions_only(monkeypatch):
+    """The built-in losses get the logits of the response positions only (prompts and padding skip the
+    vocabulary-wide output layer): they equal the full logits there, and the step's loss and every gradient equal
+    those computed from every position's logits (what a custom loss gets)."""
+    from slime.backends.megatron_utils import model as model_module
+    from slime.backends.megatron_utils.model import forward_logits
+    from slime.utils.train_data import tensorize
+
+    samples = random_samples(8)
+    args = tiny_args("--calculate-per-token-loss")
+    actor = MegatronTrainRayActor()
+    actor.init(args)
+    batch = get_batch(args, tensorize(shards_for(args, samples)[0]), list(range(8)))
+    with torch.no_grad():
+        full = forward_logits(actor.model, batch)
+        assert not batch["logits_at_responses"]
+        selected = forward_logits(actor.model, batch, responses_only=True)
+    assert batch["logits_at_responses"]
+    assert selected.shape[1] == sum(s.response_length for s in samples) < full.shape[1]
+    assert torch.allclose(selected[0], full[0, batch["response_positions"]], atol=1e-6)
+
+    only = train_once(tiny_args("--calculate-per-token-loss"), samples)
+    monkeypatch.setattr(model_module, "uses_response_logits_only", lambda args: False)
+    every = train_once(tiny_args("--calculate-per-token-loss"), samples)
+    assert only[0]["loss"] == pytest.approx(every[0]["loss"], abs=1e-6)
+    for name, grad in only[1].items():
+        assert torch.allclose(grad, every[1][name], atol=1e-6), name
+
+
+def test_critic_values_from_the_response_positions_equal_the_full_pass():
+    from slime.backends.megatron_utils.model import compute_values, forward_logits
+    from slime.backends.megatron_utils.loss import response_spans
+    from slime.utils.arguments import role_args
+    from slime.utils.train_data import tensorize
+
+    args = tiny_args("--optimizer", "adam")
+    args.loss_type, args.compute_advantages_and_returns, args.use_critic = "policy_loss", True, True
+    args = role_args(args, "critic")
+    critic = MegatronTrainRayActor()
+    critic.init(args)
+    shard = tensorize(shards_for(args, random_samples(8))[0])
+    values = compute_values(args, critic.model, shard)
+    batch = get_batch(args, shard, list(range(8)))
+    with torch.no_grad():
+        full = forward_logits(critic.model, batch)[0, :, 0]
+    for value, (start, end) in zip(values, response_spans(batch)):
+        assert torch.allclose(value, full[start:end], atol=1e-6)
+
+
+def test_torch_adam_runs_fused_with_the_same_updates():
+    """Without TE/Apex, Megatron's Adam is torch's; the trainer switches it to the fused kernel, whose updates equal
+    the per-parameter loop's up to float rounding."""
+    from slime.backends.megatron_utils.hf_weights import unwrap
+
+    flags = ["--calculate-per-token-loss", "--optimizer", "adam", "--lr", "1e-2"]
+    actor = MegatronTrainRayActor()
+    actor.init(tiny_args(*flags))
+    inner = getattr(actor.optimizer, "chained_optimizers", [actor.optimizer])
+    groups = [group for optimizer in inner for group in optimizer.optimizer.param_groups]
+    assert groups and all(group["fused"] for group in groups)
+    start = [p.detach().clone() for p in unwrap(actor.model).parameters()]
+    for r in range(2):
+        actor.train(r, shards_for(actor.args, random_samples(8, seed=r))[0])
+    fused = [p.detach().clone() for p in unwrap(actor.model).parameters()]
+
+    plain = MegatronTrainRayActor()
+    plain.init(tiny_args(*flags))
+    for optimizer in getattr(plain.optimizer, "chained_optimizers", [plain.optimizer]):
+        for group in optimizer.optimizer.param_groups:
+            group.update(fused=None, foreach=False)
+    for param, value in zip(unwrap(plain.model).parameters(), start):
+        param.data.copy_(value)
+    for r in range(2):
+        plain.train(r, shards_for(plain.args, random_samples(8, seed=r))[0])
+    for got, expected, before in zip(fused, unwrap(plain.model).parameters(), start):
+        assert torch.allclose(got, expected, atol=1e-6)
+    assert any(not torch.allclose(got, before, atol=1e-4) for got, before in zip(fused, start))

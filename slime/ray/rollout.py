@@ -32,7 +32,6 @@ from slime.utils.train_data import (
 from slime.utils.types import Sample
 
 logger = logging.getLogger(__name__)
-_LOGGING_HOOK = f"{configure_worker_process.__module__}.{configure_worker_process.__qualname__}"
 
 
 @dataclass
@@ -57,10 +56,7 @@ class EngineDiedError(RuntimeError):
 
 class RolloutManager:
     def __init__(self, args: Namespace, placement: Placement | None = None):
-        if ray.is_initialized() and ray.get_runtime_context().get_actor_id() is not None:
-            # As a Ray actor, its process logs like the driver (rollout functions, rewards, data); built in process
-            # (tests, benchmarks), it leaves that process's logging alone.
-            configure_worker_process()
+        configure_worker_process()  # as a Ray actor, it logs like the driver (rollout functions, rewards, data)
         self.args = args
         self.router: Router | None = None
         self.placement = placement
@@ -96,9 +92,6 @@ class RolloutManager:
         options: dict[str, Any] = {"num_cpus": 0.2 if uses_gpus else 0, "num_gpus": 0.2 if uses_gpus else 0}
         if self.placement is not None and self.placement.pg is not None:
             options["scheduling_strategy"] = self.placement.strategy(rank * self.args.rollout_num_gpus_per_engine)
-        # The engine's process sets its logging up through Ray's hook: its start is not on the run's critical
-        # path (a trainer's and the manager's are; they set theirs up themselves, see ray_session).
-        options["runtime_env"] = {"worker_process_setup_hook": _LOGGING_HOOK}
         return ray.remote(SGLangEngine).options(**options).remote(self.args, rank, uses_gpus)
 
     def _start_engines(self) -> None:

@@ -72,7 +72,12 @@ def silence_library_noise() -> None:
 
 def configure_worker_process() -> None:
     """Logging of a run's Ray worker process (trainer, rollout manager, engine), set up when it starts. Calling it
-    again changes nothing."""
+    again changes nothing; outside a Ray actor (the same classes built in process by tests and benchmarks) it leaves
+    the process's logging alone."""
+    import ray  # here: processes that never call this (engine servers, tools) do not pay for importing Ray
+
+    if not ray.is_initialized() or ray.get_runtime_context().get_actor_id() is None:
+        return
     configure_logging()
     # Ray's loggers write through the handlers of the "ray" logger, which does not propagate to the root.
     for handler in logging.getLogger("ray").handlers:

@@ -21,6 +21,7 @@ from typing import Any
 import requests
 
 from slime.backends.sglang_utils.cpu_engine.launcher import launch_cpu_engine, start_server
+from slime.utils.logging_utils import configure_worker_process
 from slime.utils.misc import free_port
 
 logger = logging.getLogger(__name__)
@@ -79,6 +80,8 @@ def _passthrough_flags(args: Namespace) -> list[str]:
 
 class SGLangEngine:
     def __init__(self, args: Namespace, rank: int, uses_gpus: bool):
+        # Set up here, not by a runtime environment's hook: Ray would start a fresh process for each engine.
+        configure_worker_process()
         self.args, self.rank, self.uses_gpus = args, rank, uses_gpus
         self.host = "127.0.0.1" if not uses_gpus else _node_ip()
         self.port = free_port(self.host)

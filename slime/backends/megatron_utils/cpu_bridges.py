@@ -18,13 +18,18 @@ Each bridge is one small replacement, and each is tested (tests/backends/megatro
    ms per MB on a loaded 2-core VM). Large allocations come from the heap instead, and freed memory stays in the
    process for the next step (glibc's M_MMAP_MAX and M_TRIM_THRESHOLD): the trainer's resident memory stays at its
    peak, as a GPU trainer's reserved memory does.
+7. Data-parallel size 1 with the distributed optimizer: the gradients' reduce-scatter and the parameters' all-gather
+   run over a one-rank group with the output a view of the input (the rank's shard is the whole buffer), and the
+   fp32 main parameters, views of the model's own, are copied onto themselves after each step. Gloo still copies
+   each buffer and waits; here a collective over one rank whose output is its input, and a copy of a tensor onto its
+   own memory, return at once (~11% of a step on a 9.8M-parameter model). Results are bit-identical (tested).
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -54,6 +59,25 @@ def _multi_tensor_scale(chunk_size: int, noop_flag: torch.Tensor, tensor_lists: 
             destination.copy_(source * scale)
 
 
+def _same_memory(a: torch.Tensor, b: Any) -> bool:
+    return (isinstance(b, torch.Tensor) and a.data_ptr() == b.data_ptr() and a.dtype == b.dtype
+            and a.shape == b.shape and a.stride() == b.stride())
+
+
+def _skipping_one_rank_in_place(collective: Callable) -> Callable:
+    """A reduce-scatter / all-gather (output, input, ...) that returns at once over one rank when the output is the
+    input: summing, averaging or gathering one rank's data leaves it as it is."""
+
+    def call(output: torch.Tensor, input: torch.Tensor, *args: Any, group: Any = None, async_op: bool = False,
+             **kwargs: Any) -> Any:
+        if _same_memory(output, input) and torch.distributed.get_world_size(group) == 1:
+            return None
+        return call.__wrapped__(output, input, *args, group=group, async_op=async_op, **kwargs)
+
+    call.__wrapped__ = collective
+    return call
+
+
 def _keep_freed_memory() -> None:
     try:
         mallopt = ctypes.CDLL(None).mallopt  # the process's C library
@@ -71,6 +95,7 @@ def apply_cpu_bridges() -> bool:
         return False
     if _APPLIED:
         return True
+    import megatron.core.distributed.param_and_grad_buffer as grad_buffer
     import megatron.core.fusions.fused_softmax as fused_softmax
     import megatron.core.optimizer.clip_grads as clip_grads
     import megatron.core.tensor_parallel.random as megatron_random
@@ -86,6 +111,8 @@ def apply_cpu_bridges() -> bool:
     transformer_utils.get_default_causal_mask = _cpu_causal_mask
     fused_softmax.get_default_causal_mask = _cpu_causal_mask
     clip_grads.multi_tensor_scale_impl = _multi_tensor_scale
+    grad_buffer.dist_reduce_scatter_func = _skipping_one_rank_in_place(grad_buffer.dist_reduce_scatter_func)
+    grad_buffer.dist_all_gather_func = _skipping_one_rank_in_place(grad_buffer.dist_all_gather_func)
     _keep_freed_memory()
     _APPLIED = True
     return True
@@ -102,6 +129,8 @@ class CudaLiteralsToCpu(TorchFunctionMode):
             kwargs["device"] = "cpu"
         if func is torch.Tensor.cuda:
             return args[0]
+        if func is torch.Tensor.copy_ and len(args) == 2 and _same_memory(args[0], args[1]):
+            return args[0]  # the distributed optimizer's fp32 main parameters are views of the model's
         result = func(*args, **kwargs)
         if func is torch.Tensor.type and len(args) == 1 and not kwargs and isinstance(result, str):
             return _CUDA_TENSOR_TYPES.get(result, result)

@@ -101,3 +101,40 @@ def test_freed_host_memory_is_reused_without_new_page_faults():
     pages = 64 * 1024**2 // resource.getpagesize()
     # Unbridged, every such buffer is a new mapping and faults on all its pages (16,384 of 4 KB).
     assert page_faults_of_a_fresh_buffer() < pages // 10
+
+
+def test_one_rank_collectives_and_self_copies_return_at_once_and_training_is_unchanged(monkeypatch):
+    import megatron.core.distributed.param_and_grad_buffer as grad_buffer
+
+    from slime.backends.megatron_utils import cpu_bridges
+    from slime.backends.megatron_utils.actor import MegatronTrainRayActor
+
+    from megatron_helpers import random_samples, shards_for, tiny_args
+
+    args = tiny_args("--optimizer", "adam", "--lr", "1e-2", "--use-distributed-optimizer")
+    batches = [random_samples(8, seed=seed) for seed in range(2)]
+    collectives = []
+    for name in ("dist_reduce_scatter_func", "dist_all_gather_func"):
+        wrapper = getattr(grad_buffer, name)
+        real = wrapper.__wrapped__
+        monkeypatch.setattr(wrapper, "__wrapped__",
+                            lambda *a, _real=real, _name=name, **k: collectives.append(_name) or _real(*a, **k))
+
+    def train() -> tuple[list, dict, int]:
+        torch.manual_seed(0)
+        trainer = MegatronTrainRayActor()
+        trainer.init(args)
+        recorded = RecordedOps()
+        with recorded:
+            losses = [m["loss"] for i, b in enumerate(batches) for m in trainer.train(i, shards_for(args, b)[0])]
+        weights = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+        return losses, weights, recorded.ops.count("aten.copy_.default")
+
+    bridged_losses, bridged_weights, bridged_copies = train()
+    assert collectives == []  # data-parallel size 1: the shard is the buffer, nothing to exchange
+    monkeypatch.setattr(cpu_bridges, "_same_memory", lambda a, b: False)  # the unbridged path
+    plain_losses, plain_weights, plain_copies = train()
+    assert sorted(set(collectives)) == ["dist_all_gather_func", "dist_reduce_scatter_func"]
+    assert bridged_copies < plain_copies  # the main parameters were not copied onto themselves
+    assert bridged_losses == plain_losses
+    assert all(torch.equal(bridged_weights[name], plain_weights[name]) for name in plain_weights)

@@ -10,7 +10,8 @@ the first step, phase by phase.
     trainer step), and as a fraction of the in-process step.
 (b) Start-up of train_async.py: from the command to the first step, split as the run's own start-up report splits
     it (imports, arguments, Ray, rollout manager, trainers, first rollout, first step; `StartupClock` in
-    slime/ray/driver.py), when the trainers reached their own milestones (process started, trainer imported, built),
+    slime/ray/driver.py), when the trainers reached their own milestones (process started, trainer imported, process
+    group, model and optimizer, weights loaded, built),
     and the trainer's start-up in process (imports, process group, model and optimizer, checkpoint, first step).
 
 The runs alternate (in process, driver) --repeats times, so that both see the same load on a shared machine.
@@ -81,17 +82,9 @@ def in_process(work: str, options: argparse.Namespace) -> dict:
     imported = time.time()
     args = parse_args(run_flags(work, options))
     validate_run(args)
-    # The trainer's own start-up phases: its init's steps, each timed where MegatronTrainRayActor.init calls it
-    # (the real functions run; only the time each returns is noted).
-    reached: dict[str, float] = {}
-    for name in ("init_distributed", "setup_model_and_optimizer", "load_checkpoint"):
-        def timed(*a, _original=getattr(backend, name), _name=name, **k):
-            result = _original(*a, **k)
-            reached[_name] = time.time()
-            return result
-        setattr(backend, name, timed)
     trainer = backend.MegatronTrainRayActor()
-    start = trainer.init(args)
+    start = trainer.init(args)  # records when it reached each of its steps (trainer.startup)
+    reached: dict[str, float] = {}
     manager = RolloutManager(args)
     manager.load(start - 1)
     seconds, step_times = [], []
@@ -104,9 +97,9 @@ def in_process(work: str, options: argparse.Namespace) -> dict:
         seconds.append(time.perf_counter() - begun)
         if rollout_id == start:
             reached["first step"] = time.time()
-    milestones = [("imports", imported), ("process group", reached["init_distributed"]),
-                  ("model and optimizer", reached["setup_model_and_optimizer"]),
-                  ("checkpoint", reached["load_checkpoint"]), ("data", reached["data"]),
+    milestones = [("imports", imported), ("process group", trainer.startup["process_group"]),
+                  ("model and optimizer", trainer.startup["model_and_optimizer"]),
+                  ("checkpoint", trainer.startup["weights_loaded"]), ("data", reached["data"]),
                   ("first step", reached["first step"])]
     return {
         "step_seconds": seconds,

@@ -44,6 +44,7 @@ class TrainRayActor:
         self.startup["init_started"] = time.time()
         self.backend = self.backend_class(self.world_size, self.rank, master_addr, master_port)
         start = self.backend.init(args)
+        self.startup.update(self.backend.startup)  # process group, model and optimizer, weights loaded
         self.startup["initialised"] = time.time()
         return start, self.startup
 

@@ -15,7 +15,8 @@ from conftest import REPO_ROOT
 pytestmark = pytest.mark.slow
 
 DRIVER_PHASES = ["imports", "arguments", "ray", "rollout_manager", "trainers", "first_rollout", "first_step"]
-TRAINER_MILESTONES = ["process_started", "imported", "init_started", "initialised"]
+TRAINER_MILESTONES = ["process_started", "imported", "init_started", "process_group", "model_and_optimizer",
+                      "weights_loaded", "initialised"]
 
 
 def test_bench_driver_tiny(tmp_path):

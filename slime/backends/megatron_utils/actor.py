@@ -75,14 +75,18 @@ class MegatronTrainRayActor:
         self.memory: TrainerMemory | None = None  # --offload-train on GPUs
         self.last_values: list[torch.Tensor] | None = None  # the critic's, of its last shard
         self.logged_skip = False
+        # When `init` finished each of its steps (time.time()), for the driver's start-up report.
+        self.startup: dict[str, float] = {}
 
     def init(self, args: Namespace) -> int:
         """Join the process group, build model/optimizer/scheduler, load weights. Returns the rollout to start at."""
         self.args = args
         init_distributed(args, self.rank, self.world_size)
+        self.startup["process_group"] = time.time()
         if args.custom_megatron_init_path:
             load_function(args.custom_megatron_init_path)(args)
         self.model, self.optimizer, self.scheduler = setup_model_and_optimizer(args)
+        self.startup["model_and_optimizer"] = time.time()
         if args.offload_train:
             if has_gpu():
                 self.memory = TrainerMemory(self.model, self.optimizer, "cuda")
@@ -96,6 +100,7 @@ class MegatronTrainRayActor:
         loaded_iteration = load_checkpoint(args, self.model, self.optimizer, self.scheduler)
         if is_rl(args) and not is_critic(args) and (args.use_kl_loss or args.kl_coef != 0):
             self.reference = ReferenceWeights.load(args, self.model)
+        self.startup["weights_loaded"] = time.time()
         start = args.start_rollout_id if args.start_rollout_id is not None else max(loaded_iteration, -1) + 1
         # The weight version the engines serve: the number of rollouts the weights were trained on, so a resumed
         # run continues the count of the run it resumes.

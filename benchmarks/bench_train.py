@@ -230,11 +230,13 @@ def main() -> None:
         "machine": f"{platform.machine()}, Python {platform.python_version()}, torch {torch.__version__}",
         "dtype": "bf16" if has_gpu() else "fp32",
         "peak_tflops_used_for_mfu": None if has_gpu() else round(measured_cpu_matmul_tflops(), 4),
+        "load_average_1min": [os.getloadavg()[0]],  # at the start, then at the end: the machine may be shared
         "results": {},
     }
     for name in options.presets:
         report["results"][name] = run_preset(name, options.seq_len, options.seqs_per_step, options.steps)
         print(name, report["results"][name], flush=True)
+    report["load_average_1min"].append(os.getloadavg()[0])
     os.makedirs(os.path.dirname(options.output), exist_ok=True)
     with open(options.output, "w") as f:
         json.dump(report, f, indent=2)

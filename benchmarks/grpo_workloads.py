@@ -250,19 +250,18 @@ def step_flops(shape: argparse.Namespace, prompts: list[int], completions: list[
     Generation, with a KV cache: one forward over the prompt (prefill) and one per generated token but the last
     (never fed back); the output layer only where a token is sampled, i.e. at the prompt's last position and at each
     decoded one. A full forward over those tokens with causal attention counts the same attention work, so it is
-    `forward_flops` over p + c - 1 tokens less the output layer at the prompt's other p - 1 positions.
+    `forward_flops` over p + c - 1 tokens with the output layer at c of them.
     Training: forward and backward (3x a forward) over prompt + completion, with the output layer only at the c
     positions whose log-probs the loss uses. No reference or old-log-prob pass: without KL neither side needs the
     reference, and with one optimizer step per generation the old log-probs are the current ones (TRL does not
     compute them; ours skips that pass)."""
     from slime.utils.flops import forward_flops
 
-    output_layer = 2 * shape.hidden_size * shape.vocab_size  # per position
     generation = training = 0.0
     for p, c in zip(prompts, completions):
         c = max(c, 1)
-        generation += forward_flops(shape, [p + c - 1]) - output_layer * (p - 1)
-        training += 3 * (forward_flops(shape, [p + c]) - output_layer * p)
+        generation += forward_flops(shape, [p + c - 1], output_positions=c)
+        training += 3 * forward_flops(shape, [p + c], output_positions=c)
     return {"generation": generation, "training": training}
 
 

@@ -50,6 +50,9 @@ def profile_one(work: str, options: argparse.Namespace, checkpointing: bool) -> 
         report["top_self_cpu"] = [
             {"op": e.key, "self_s": round(e.self_cpu_time_total / 1e6, 4), "calls": e.count}
             for e in sorted(table, key=lambda e: -e.self_cpu_time_total)[:20]]
+        # TRL's log-prob kernel, its own calls included (forward, and the backward that recomputes each tile).
+        report["chunked_logprob_inclusive_s"] = {e.key: round(e.cpu_time_total / 1e6, 4) for e in table
+                                                 if "ChunkedLogProb" in e.key}
         print(table.table(sort_by="self_cpu_time_total", row_limit=20), flush=True)
         return out
 

@@ -29,7 +29,7 @@ from slime.backends.megatron_utils.loss import (
     report_step_metrics,
     response_positions,
 )
-from slime.backends.megatron_utils.model_provider import build_gpt_model, use_transformer_engine
+from slime.backends.megatron_utils.model_provider import build_gpt_model, is_critic, use_transformer_engine
 from slime.utils.device import device, has_gpu, params_dtype, peak_tflops, synchronize
 from slime.utils.dp_schedule import first_fit_pack
 from slime.utils.flops import training_flops
@@ -242,8 +242,14 @@ def throughput_metrics(args: Namespace, shard: dict, micro_batches: list[list[in
     fraction of computed tokens that are padding, and the process's peak resident memory."""
     lengths = [len(shard["tokens"][i]) for mb in micro_batches for i in mb]
     padding = sum(pad_length(args, sum(len(shard["tokens"][i]) for i in mb)) for mb in micro_batches)
+    # The output layer's work where it runs (`forward_logits`): the response positions for the built-in losses,
+    # except under sequence parallelism; one output for a critic's value head.
+    selects_rows = uses_response_logits_only(args) and not (args.sequence_parallel
+                                                            and args.tensor_model_parallel_size > 1)
+    output_positions = sum(shard["response_lengths"][i] for mb in micro_batches for i in mb) if selects_rows else None
     # Each tensor-parallel rank does 1/TP of its data-parallel replica's work.
-    flops = training_flops(args, lengths) / parallel_state.get_tensor_model_parallel_world_size()
+    flops = training_flops(args, lengths, output_positions, 1 if is_critic(args) else None) \
+        / parallel_state.get_tensor_model_parallel_world_size()
     tflops = flops / max(seconds, 1e-9) / 1e12
     peak = peak_tflops(args)
     return {

@@ -18,6 +18,7 @@ from megatron.core.inference.contexts import dynamic_context
 report = {"after_import": sorted(m for m in ("torch._dynamo", "torch._inductor", "wandb") if m in sys.modules),
           "compile_restored": torch.compile.__module__ == "torch",
           "megatron_fuser_deferred": jit_fuser is not torch.compile and jit_fuser.__module__ != "torch",
+          "megatron_kernel_wraps_its_function": jit_fuser(len).__wrapped__ is len,
           "megatron_sees_wandb": dynamic_context.HAVE_WANDB}
 with _megatron_import():
     double = torch.compile(lambda x: 2 * x, backend="eager")
@@ -35,5 +36,6 @@ def test_backend_import_defers_the_compiler_and_hides_wandb_from_megatron_only()
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report == {"after_import": [], "compile_restored": True, "megatron_fuser_deferred": True,
-                      "megatron_sees_wandb": False, "before_first_call": False, "value": [0.0, 2.0, 4.0],
-                      "after_first_call": True, "wandb_importable": True}
+                      "megatron_kernel_wraps_its_function": True, "megatron_sees_wandb": False,
+                      "before_first_call": False, "value": [0.0, 2.0, 4.0], "after_first_call": True,
+                      "wandb_importable": True}

@@ -142,6 +142,20 @@ def test_throughput_metrics_are_reported():
     assert metrics["grad_norm"] > 0
 
 
+def test_step_flops_count_the_output_layer_where_it_runs():
+    """The built-in losses run the output layer at the response positions only, so the step's FLOPs (TFLOP/s, MFU)
+    count it there: counted at every position, a small model's MFU went over 100%."""
+    from slime.utils.flops import training_flops
+
+    args = tiny_args("--calculate-per-token-loss")
+    samples = random_samples(8)
+    metrics, _ = train_once(args, samples)
+    lengths = [len(s.tokens) for s in samples]
+    expected = training_flops(args, lengths, output_positions=sum(s.response_length for s in samples))
+    assert metrics["tflops"] * 1e12 * metrics["step_time"] == pytest.approx(expected, rel=1e-9)
+    assert expected < training_flops(args, lengths)
+
+
 def test_save_load_continue_equals_uninterrupted(tmp_path):
     save = str(tmp_path / "ckpt")
     flags = ["--calculate-per-token-loss", "--optimizer", "adam", "--lr", "1e-3", "--save", save]

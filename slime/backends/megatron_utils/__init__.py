@@ -4,9 +4,10 @@ Every module of this package imports Megatron, so this file runs first in any pr
 Megatron eagerly loads two things that cost about 2 s of a trainer's start on a 2-core machine: torch's compiler
 stack (Megatron decorates its fusion kernels with `torch.compile` at import, which imports `torch._dynamo` and
 `torch._inductor` before anything is compiled) and wandb (for the logging of Megatron's own inference engine, which
-slime never runs: its engines are SGLang's; and for `Timers.write`, which slime never calls). Here a Megatron kernel is compiled at its first call, exactly as
-`torch.compile` would have done it, only its imports wait until then; and Megatron's import does not see wandb
-(this process can still import it: the driver's `--use-wandb` logging is untouched).
+slime never runs: its engines are SGLang's; and for `Timers.write`, which slime never calls). Here a Megatron kernel
+is compiled at its first call, exactly as `torch.compile` would have done it, only its imports wait until then; and
+Megatron's import does not see wandb (this process can still import it: the driver's `--use-wandb` logging is
+untouched).
 """
 
 from __future__ import annotations

@@ -166,7 +166,7 @@ def forward_logits(model: torch.nn.Module, batch: dict, responses_only: bool = F
     (sequence parallelism, a custom provider without one) returns every position."""
     inner = model.module if isinstance(model, DistributedDataParallel) else model
     kwargs = {"fp32_output": False} if isinstance(inner, Float16Module) else {}
-    layer = getattr(inner.module if isinstance(inner, Float16Module) else inner, "output_layer", None)
+    layer = _output_layer(model)
     selects = responses_only and hasattr(layer, "selected_rows")
     batch["logits_at_responses"] = selects
     if selects:
@@ -177,6 +177,16 @@ def forward_logits(model: torch.nn.Module, batch: dict, responses_only: bool = F
     finally:
         if selects:
             layer.selected_rows = None
+
+
+def _output_layer(model: torch.nn.Module) -> torch.nn.Module | None:
+    inner = model.module if isinstance(model, DistributedDataParallel) else model
+    return getattr(inner.module if isinstance(inner, Float16Module) else inner, "output_layer", None)
+
+
+def computes_response_logits_only(args: Namespace, model: torch.nn.Module) -> bool:
+    """Whether a training step's output layer runs on the response positions only (`forward_logits`)."""
+    return uses_response_logits_only(args) and hasattr(_output_layer(model), "selected_rows")
 
 
 def uses_response_logits_only(args: Namespace) -> bool:
@@ -233,20 +243,21 @@ def train_one_step(args: Namespace, model, optimizer, scheduler, shard: dict, mi
     metrics = report_step_metrics(args, reports, step_global_batch_size)
     metrics.update(grad_norm=float(grad_norm) if grad_norm is not None else float("nan"),
                    lr=lr, step_time=seconds, update_successful=float(update_successful))
-    metrics.update(throughput_metrics(args, shard, micro_batches, seconds))
+    metrics.update(throughput_metrics(args, shard, micro_batches, seconds,
+                                      computes_response_logits_only(args, model)))
     return metrics
 
 
-def throughput_metrics(args: Namespace, shard: dict, micro_batches: list[list[int]], seconds: float) -> dict:
+def throughput_metrics(args: Namespace, shard: dict, micro_batches: list[list[int]], seconds: float,
+                       response_logits_only: bool) -> dict:
     """Tokens/s and TFLOP/s of this rank (FLOPs from the model shape and the real sequence lengths), MFU, the
     fraction of computed tokens that are padding, and the process's peak resident memory."""
     lengths = [len(shard["tokens"][i]) for mb in micro_batches for i in mb]
     padding = sum(pad_length(args, sum(len(shard["tokens"][i]) for i in mb)) for mb in micro_batches)
-    # The output layer's work where it runs (`forward_logits`): the response positions for the built-in losses,
-    # except under sequence parallelism; one output for a critic's value head.
-    selects_rows = uses_response_logits_only(args) and not (args.sequence_parallel
-                                                            and args.tensor_model_parallel_size > 1)
-    output_positions = sum(shard["response_lengths"][i] for mb in micro_batches for i in mb) if selects_rows else None
+    # The output layer's work where it ran: the response positions when it selected them; one output for a
+    # critic's value head.
+    output_positions = sum(shard["response_lengths"][i] for mb in micro_batches for i in mb) \
+        if response_logits_only else None
     # Each tensor-parallel rank does 1/TP of its data-parallel replica's work.
     flops = training_flops(args, lengths, output_positions, 1 if is_critic(args) else None) \
         / parallel_state.get_tensor_model_parallel_world_size()

@@ -87,20 +87,23 @@ def test_gradient_clipping_scales_in_place_as_megatron_clips():
     assert torch.allclose(params[0].grad, torch.full((3,), 0.5))
 
 
-def test_freed_host_memory_is_reused_without_new_page_faults():
-    import resource
+def test_freed_host_memory_stays_in_the_process_and_is_reused():
+    """Large buffers come from the heap and a freed one is handed to the next of its size, instead of a fresh mmap per
+    buffer that page-faults on every page. Asserted on the addresses, which the bridge decides; how many page faults
+    the reuse then saves is the kernel's to decide (a VM may reclaim the idle pages) and is measured by the benchmark."""
+    import ctypes
 
     apply_cpu_bridges()
+    libc = ctypes.CDLL(None)
+    libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_long]
+    size = 64 * 1024**2 // 4  # 64 MB of fp32: over glibc's largest mmap threshold
 
-    def page_faults_of_a_fresh_buffer() -> int:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        torch.empty(64 * 1024**2 // 4).fill_(1.0)  # 64 MB, over glibc's largest mmap threshold, freed at once
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-    page_faults_of_a_fresh_buffer()
-    pages = 64 * 1024**2 // resource.getpagesize()
-    # Unbridged, every such buffer is a new mapping and faults on all its pages (16,384 of 4 KB).
-    assert page_faults_of_a_fresh_buffer() < pages // 10
+    buffer = torch.empty(size)
+    address = buffer.data_ptr()
+    assert address < libc.sbrk(0)  # in the heap, below the program break (an mmap'd buffer lies far above it)
+    del buffer
+    assert libc.sbrk(0) >= address + size * 4  # freed, it stays in the process: the heap was not trimmed
+    assert torch.empty(size).data_ptr() == address  # and the next buffer of its size gets it
 
 
 def test_one_rank_collectives_and_self_copies_return_at_once_and_training_is_unchanged(monkeypatch):

@@ -15,7 +15,7 @@ from slime.ray.driver import (
     sync_weights,
 )
 from slime.ray.placement_group import create_placement_groups
-from slime.ray.rollout import create_rollout_manager
+from slime.ray.rollout import create_rollout_manager, request_rollout
 from slime.utils.errors import UserError
 from slime.utils.misc import should_run_periodic_action
 
@@ -33,27 +33,33 @@ def train(args) -> dict:
         sync_weights(args, rollout_manager, actor_model)
         progress = Progress(args)
 
-        next_rollout = rollout_manager.generate.remote(args.start_rollout_id)
-        fetched = None
+        # Without engines to push weights to (SFT, replayed rollouts) and without a critic, the trainers are given the
+        # next step before this one's metrics are read: they go from step to step without waiting on the driver.
+        overlap = critic_model is None and not actor_model.engines_connected
+        unlogged = []  # steps handed to the trainers whose metrics are not read yet: (rollout id, metrics, step)
+        next_rollout = request_rollout(args, rollout_manager, args.start_rollout_id)  # (metrics, shards) as refs
         for rollout_id in range(args.start_rollout_id, args.num_rollout):
-            if fetched is None:
-                fetched = wait_all([next_rollout], f"rollout {rollout_id}")[0]
-            (boxes, rollout_metrics), fetched = fetched, None
-            step = start_train_step(args, rollout_id, boxes, actor_model, critic_model)
-            # Asked for once the trainers have their step: they fetch their shards (from the rollout manager's
-            # store) before the manager is busy with the next rollout.
+            rollout_metrics, shards = wait_all([next_rollout[0]], f"rollout {rollout_id}")[0], next_rollout[1]
+            unlogged.append((rollout_id, rollout_metrics, start_train_step(args, rollout_id, shards, actor_model,
+                                                                           critic_model)))
+            # Asked for once the trainers have their step, so that the rollout manager is not busy with the next
+            # rollout while Ray hands them their shards.
             last = rollout_id + 1 == args.num_rollout
-            next_rollout = None if last else rollout_manager.generate.remote(rollout_id + 1)
-            progress.log(rollout_id, rollout_metrics, step())
+            next_rollout = None if last else request_rollout(args, rollout_manager, rollout_id + 1)
+            save_now = should_run_periodic_action(rollout_id, args.save_interval, num_rollout_per_epoch,
+                                                  args.num_rollout)
+            eval_now = should_run_periodic_action(rollout_id, args.eval_interval, num_rollout_per_epoch)
+            while len(unlogged) > (1 if overlap and not (save_now or eval_now or last) else 0):
+                logged_id, logged_metrics, step = unlogged.pop(0)
+                progress.log(logged_id, logged_metrics, step())
 
-            if should_run_periodic_action(rollout_id, args.save_interval, num_rollout_per_epoch, args.num_rollout):
+            if save_now:
                 save(rollout_id, actor_model, rollout_manager, critic_model)
             if (rollout_id + 1) % args.update_weights_interval == 0:
-                # Weights must not change under an in-flight generation: take it first, then sync.
-                if next_rollout is not None:
-                    fetched, next_rollout = wait_all([next_rollout], f"rollout {rollout_id + 1}")[0], None
+                if next_rollout is not None:  # weights must not change under an in-flight generation
+                    wait_all([next_rollout[0]], f"rollout {rollout_id + 1}")
                 progress.log_sync(rollout_id, sync_weights(args, rollout_manager, actor_model))
-            if should_run_periodic_action(rollout_id, args.eval_interval, num_rollout_per_epoch):
+            if eval_now:
                 evaluate(args, rollout_id, rollout_manager, actor_model, progress)
 
         wait_all([rollout_manager.dispose.remote()], "the rollout manager to stop")

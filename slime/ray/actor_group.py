@@ -46,6 +46,7 @@ class RayTrainGroup:
         share = 0.4 if args.use_critic or (placement.uses_gpus and (args.colocate or args.debug_rollout_only)) else 1
         self.engines_connected = False
         self.startup: dict[str, float] = {}
+        self.data_parallel_ranks: list[int] = []  # per trainer, from `init`: which shard it is given
         self.actors = [
             actor_class.options(
                 num_cpus=share * placement.cpus_per_bundle,
@@ -62,19 +63,22 @@ class RayTrainGroup:
         address, port = wait_all([self.actors[0].rendezvous_address.remote()], "the trainers to start")[0]
         results = wait_all([actor.init.remote(args, address, port) for actor in self.actors],
                            "trainers to initialise")
-        starts = [start for start, _ in results]
+        starts = [start for start, _, _ in results]
         if len(set(starts)) != 1:
             raise RuntimeError(f"trainers disagree on the rollout to start at: {starts}")
-        self.startup = {key: max(startup[key] for _, startup in results) for key in results[0][1]}
+        self.startup = {key: max(startup[key] for _, startup, _ in results) for key in results[0][1]}
+        self.data_parallel_ranks = [rank for _, _, rank in results]
         return starts[0]
 
-    def train(self, rollout_id: int, boxes: list, values: list | None = None) -> list[dict[str, float]]:
-        """`values`: per rank, the critic's values of its shard (object refs from `critic_values`)."""
-        return self.finish_train(rollout_id, self.start_train(rollout_id, boxes, values))
+    def train(self, rollout_id: int, shards: list, values: list | None = None) -> list[dict[str, float]]:
+        """`shards`: refs to the rollout's shards, one per data-parallel rank (`request_rollout`); `values`: per
+        trainer, the critic's values of its shard (object refs from `critic_values`)."""
+        return self.finish_train(rollout_id, self.start_train(rollout_id, shards, values))
 
-    def start_train(self, rollout_id: int, boxes: list, values: list | None = None) -> list:
-        """Ask every trainer for its step on `rollout_id`, without waiting: `finish_train` waits for the metrics."""
-        return [a.train.remote(rollout_id, boxes, values[rank] if values else None)
+    def start_train(self, rollout_id: int, shards: list, values: list | None = None) -> list:
+        """Ask every trainer for its step on `rollout_id`, without waiting: `finish_train` waits for the metrics.
+        Each is given its own shard's ref as an argument, which Ray resolves for it alone."""
+        return [a.train.remote(rollout_id, shards[self.data_parallel_ranks[rank]], values[rank] if values else None)
                 for rank, a in enumerate(self.actors)]
 
     def finish_train(self, rollout_id: int, refs: list) -> list[dict[str, float]]:
@@ -85,8 +89,9 @@ class RayTrainGroup:
         through the driver."""
         return [a.critic_values.remote() for a in self.actors]
 
-    def eval_loss(self, boxes: list) -> dict[str, float]:
-        return wait_all([a.eval_loss.remote(boxes) for a in self.actors], "the validation loss")[0]
+    def eval_loss(self, shards: list) -> dict[str, float]:
+        return wait_all([a.eval_loss.remote(shards[self.data_parallel_ranks[rank]])
+                         for rank, a in enumerate(self.actors)], "the validation loss")[0]
 
     def save_model(self, rollout_id: int) -> None:
         wait_all([a.save_model.remote(rollout_id) for a in self.actors], f"the checkpoint of rollout {rollout_id}")

@@ -17,6 +17,7 @@ import ray
 
 from slime.ray.actor_group import RayTrainGroup, wait_all
 from slime.ray.placement_group import Placement, placement_layout
+from slime.ray.rollout import request_rollout
 from slime.utils.arguments import compute_num_rollout, parse_args, role_args, validate_run
 from slime.utils.errors import is_user_error
 from slime.utils.logging_utils import configure_logging
@@ -211,36 +212,37 @@ def sync_weights(args: Namespace, rollout_manager: Any, actor_model: RayTrainGro
 
 
 def generate(args: Namespace, rollout_manager: Any, rollout_id: int) -> tuple[list, dict[str, Any]]:
-    """Rollout `rollout_id` as per-DP-rank boxes and its metrics; with --offload-rollout the engines then release
-    their memory for the trainers."""
-    boxes, metrics = wait_all([rollout_manager.generate.remote(rollout_id)], f"rollout {rollout_id}")[0]
+    """Rollout `rollout_id` as refs to its per-DP-rank shards, and its metrics; with --offload-rollout the engines
+    then release their memory for the trainers."""
+    metrics_ref, shards = request_rollout(args, rollout_manager, rollout_id)
+    metrics = wait_all([metrics_ref], f"rollout {rollout_id}")[0]
     if args.offload_rollout:
         wait_all([rollout_manager.offload.remote()], "the engines to release their memory")
-    return boxes, metrics
+    return shards, metrics
 
 
-def start_train_step(args: Namespace, rollout_id: int, boxes: list, actor_model: RayTrainGroup,
+def start_train_step(args: Namespace, rollout_id: int, shards: list, actor_model: RayTrainGroup,
                      critic_model: RayTrainGroup | None) -> Callable[[], list[dict[str, float]]]:
     """`train_step` begun: the trainers are asked for their step now, and the returned call waits for its metrics.
     With a critic (whose step and values come first) the whole of `train_step` runs in that call."""
     if critic_model is not None:
-        return lambda: train_step(args, rollout_id, boxes, actor_model, critic_model)
-    refs = actor_model.start_train(rollout_id, boxes)
+        return lambda: train_step(args, rollout_id, shards, actor_model, critic_model)
+    refs = actor_model.start_train(rollout_id, shards)
     return lambda: actor_model.finish_train(rollout_id, refs)
 
 
-def train_step(args: Namespace, rollout_id: int, boxes: list, actor_model: RayTrainGroup,
+def train_step(args: Namespace, rollout_id: int, shards: list, actor_model: RayTrainGroup,
                critic_model: RayTrainGroup | None) -> list[dict[str, float]]:
     """slime's order: the critic trains first and hands the actor its values; the actor waits out
     --num-critic-only-steps. Returns the step metrics (the critic's under critic/)."""
     if critic_model is None:
-        return actor_model.train(rollout_id, boxes)
-    critic_metrics = critic_model.train(rollout_id, boxes)
+        return actor_model.train(rollout_id, shards)
+    critic_metrics = critic_model.train(rollout_id, shards)
     if args.offload_train:
         critic_model.sleep()  # the actor trains next on the same devices
     step_metrics = []
     if rollout_id >= args.num_critic_only_steps:
-        step_metrics = actor_model.train(rollout_id, boxes, critic_model.critic_values())
+        step_metrics = actor_model.train(rollout_id, shards, critic_model.critic_values())
     for index, metrics in enumerate(critic_metrics):
         extra = {f"critic/{k}": v for k, v in metrics.items() if k not in ("rollout_id", "step")}
         if index < len(step_metrics):
@@ -273,8 +275,8 @@ def evaluate(args: Namespace, rollout_id: int, rollout_manager: Any, actor_model
     and, for SFT, each dataset's validation loss, computed by the trainers without training on it."""
     result = wait_all([rollout_manager.eval.remote(rollout_id)], "the evaluation")[0]
     metrics = dict(result.metrics)
-    for name, boxes in result.loss_shards.items():
-        metrics[f"eval/{name}/loss"] = actor_model.eval_loss(boxes)["loss"]
+    for name, shards in result.loss_shards.items():
+        metrics[f"eval/{name}/loss"] = actor_model.eval_loss(shards)["loss"]
     if metrics:
         progress.log_eval(rollout_id, metrics)
 

@@ -1,5 +1,5 @@
 """The rollout manager: a Ray actor that owns the data source and the rollout function, and turns each rollout's
-samples into one training shard per data-parallel rank (each trainer fetches only its own)."""
+samples into one training shard per data-parallel rank (each trainer receives only its own)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ from slime.utils.train_data import (
     save_debug_rollout_data,
     split_eval_data_by_dp,
     split_train_data_by_dp,
-    tensorize,
+    shard_arrays,
 )
 from slime.utils.types import Sample
 
@@ -35,19 +35,22 @@ logger = logging.getLogger(__name__)
 
 
 @dataclass
-class Box:
-    """Holds an ObjectRef so Ray does not resolve it when the list is passed to every trainer."""
-
-    inner: Any
-
-
-@dataclass
 class EvalResult:
     """What `RolloutManager.eval` returns: metrics to log (eval/<dataset>...) and, for an SFT eval function, the
-    held-out shards per dataset (one per data-parallel rank) whose validation loss the trainers compute."""
+    held-out shards per dataset (object refs, one per data-parallel rank) whose validation loss the trainers
+    compute. Refs nested in a returned object stay refs: the driver hands each trainer its own."""
 
     metrics: dict[str, float]
-    loss_shards: dict[str, list[Box]]
+    loss_shards: dict[str, list[ray.ObjectRef]]
+
+
+def request_rollout(args: Namespace, rollout_manager: Any, rollout_id: int) -> tuple[ray.ObjectRef, list]:
+    """Ask the rollout manager for rollout `rollout_id`, without waiting: refs to its metrics and to its shards, one
+    per data-parallel rank. The shards are the task's own return values, so Ray moves each the cheapest way: a small
+    one (an SFT batch) travels inline in the trainer's task, a large one stays in the object store, where only its
+    trainers fetch it; the driver never copies a large one."""
+    metrics, *shards = rollout_manager.generate.options(num_returns=1 + args.data_parallel_size).remote(rollout_id)
+    return metrics, shards
 
 
 class EngineDiedError(RuntimeError):
@@ -224,15 +227,15 @@ class RolloutManager:
     def dataset_size(self) -> int:
         return len(self.data_source)
 
-    def generate(self, rollout_id: int) -> tuple[list[Box], dict[str, Any]]:
-        """One rollout: samples from the rollout function (or a saved rollout), as per-DP-rank shards in the
-        object store (each trainer fetches its own)."""
+    def generate(self, rollout_id: int) -> tuple[Any, ...]:
+        """One rollout: samples from the rollout function (or a saved rollout), returned as (metrics, shard of DP
+        rank 0, shard of rank 1, ...): called through `request_rollout`, which asks Ray for as many returns."""
         shards, metrics = self.train_shards(rollout_id)
-        return [Box(ray.put(shard)) for shard in shards], metrics
+        return (metrics, *shards)
 
     def train_shards(self, rollout_id: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        """One rollout as tensorised per-DP-rank shards and its metrics (what `generate` puts in the object store;
-        callable without Ray, e.g. by a benchmark that trains in process on the data a run would)."""
+        """One rollout as per-DP-rank shards (`shard_arrays`) and its metrics (what `generate` returns; callable
+        without Ray, e.g. by a benchmark that trains in process on the data a run would)."""
         started = time.perf_counter()
         samples, metrics = self._rollout_samples(rollout_id)
         if self.args.save_debug_rollout_data:
@@ -252,7 +255,7 @@ class RolloutManager:
                 "rollout/epoch": getattr(self.data_source, "epoch_id", 0),
                 "perf/rollout_time": elapsed,
             })
-        return [tensorize(shard) for shard in shards], metrics
+        return [shard_arrays(shard) for shard in shards], metrics
 
     def _rollout_samples(self, rollout_id: int) -> tuple[list[Sample], dict[str, Any]]:
         if self.args.load_debug_rollout_data:
@@ -301,7 +304,7 @@ class RolloutManager:
             for name, result in output.data.items():
                 data = convert_samples_to_train_data(args, result["samples"])
                 shards = split_eval_data_by_dp(args, data, args.data_parallel_size)
-                loss_shards[name] = [Box(ray.put(tensorize(shard))) for shard in shards]
+                loss_shards[name] = [ray.put(shard_arrays(shard)) for shard in shards]
         return EvalResult({k: float(v) for k, v in metrics.items() if isinstance(v, (int, float))}, loss_shards)
 
     def save(self, rollout_id: int) -> None:

@@ -35,27 +35,24 @@ class TrainRayActor:
         """(this node's address, a free port on it): where the trainers' process group meets (asked of rank 0)."""
         return ray.util.get_node_ip_address(), free_port()
 
-    def _my_shard(self, boxes: list) -> dict[str, Any]:
-        # Every tensor-parallel peer of a data-parallel rank fetches the same shard.
-        return ray.get(boxes[self.backend.data_parallel_rank()].inner)
-
-    def init(self, args: Namespace, master_addr: str, master_port: int) -> tuple[int, dict[str, float]]:
-        """Build the trainer; returns the rollout to start at, and the start-up milestones."""
+    def init(self, args: Namespace, master_addr: str, master_port: int) -> tuple[int, dict[str, float], int]:
+        """Build the trainer; returns the rollout to start at, the start-up milestones and this trainer's
+        data-parallel rank (whose shard it is given: its tensor-parallel peers get the same one)."""
         self.startup["init_started"] = time.time()
         self.backend = self.backend_class(self.world_size, self.rank, master_addr, master_port)
         start = self.backend.init(args)
         self.startup.update(self.backend.startup)  # process group, model and optimizer, weights loaded
         self.startup["initialised"] = time.time()
-        return start, self.startup
+        return start, self.startup, self.backend.data_parallel_rank()
 
-    def train(self, rollout_id: int, boxes: list, values: Any = None) -> list[dict[str, float]]:
-        return self.backend.train(rollout_id, self._my_shard(boxes), values)
+    def train(self, rollout_id: int, shard: dict[str, Any], values: Any = None) -> list[dict[str, float]]:
+        return self.backend.train(rollout_id, shard, values)
 
     def critic_values(self) -> Any:
         return self.backend.critic_values()
 
-    def eval_loss(self, boxes: list) -> dict[str, float]:
-        return self.backend.eval_loss(self._my_shard(boxes))
+    def eval_loss(self, shard: dict[str, Any]) -> dict[str, float]:
+        return self.backend.eval_loss(shard)
 
     def save_model(self, rollout_id: int) -> None:
         self.backend.save_model(rollout_id)

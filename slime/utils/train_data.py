@@ -7,6 +7,7 @@ manager's) but never makes a tensor, and importing torch would add a second or m
 from __future__ import annotations
 
 import logging
+import numbers
 import os
 from argparse import Namespace
 from typing import Any
@@ -163,22 +164,37 @@ def split_train_data_by_dp(args: Namespace, data: dict, dp_size: int) -> list[di
     return shards
 
 
+def _convert_arrays(shard: dict[str, Any], convert: Any) -> dict[str, Any]:
+    """The shard with its token, mask and log-prob sequences, mask sums and numeric rewards passed through
+    `convert(values, dtype name)`; raw rewards (possibly dicts) and the schedule stay as they are."""
+    out = dict(shard)
+    out["tokens"] = [convert(t, "int64") for t in shard["tokens"]]
+    out["loss_masks"] = [convert(m, "int32") for m in shard["loss_masks"]]
+    out["rollout_mask_sums"] = convert(shard["rollout_mask_sums"], "float32")
+    rewards = shard.get("rewards")
+    if rewards is not None and len(rewards) and all(isinstance(r, numbers.Real) for r in rewards):
+        out["rewards"] = convert(rewards, "float32")  # the advantages' input (SFT samples carry no reward)
+    if "rollout_log_probs" in shard:
+        out["rollout_log_probs"] = [convert(x, "float32") for x in shard["rollout_log_probs"]]
+    return out
+
+
+def shard_arrays(shard: dict[str, Any]) -> dict[str, Any]:
+    """The shard as it crosses Ray's object store: its sequences as numpy arrays, which Ray serialises as raw
+    buffers (a tenth of the cost of torch tensors, whose pickling is per-storage) and reads without a copy."""
+    import numpy as np
+
+    return _convert_arrays(shard, lambda values, dtype: np.asarray(values, dtype=dtype))
+
+
 def tensorize(shard: dict[str, Any]) -> dict[str, Any]:
-    """Token and mask lists as CPU tensors (what crosses the object store); a shard already in tensors is kept."""
+    """The shard's arrays (or lists) as CPU tensors, for the trainer; a shard already in tensors is kept. Arrays
+    are copied: one read from the object store is read-only memory."""
     import torch
 
     if shard["tokens"] and isinstance(shard["tokens"][0], torch.Tensor):
         return shard
-    out = dict(shard)
-    out["tokens"] = [torch.tensor(t, dtype=torch.long) for t in shard["tokens"]]
-    out["loss_masks"] = [torch.tensor(m, dtype=torch.int) for m in shard["loss_masks"]]
-    out["rollout_mask_sums"] = torch.tensor(shard["rollout_mask_sums"], dtype=torch.float32)
-    if shard.get("rewards") and all(isinstance(r, (int, float)) for r in shard["rewards"]):
-        # The advantages' input (SFT samples carry no reward); raw rewards, possibly dicts, stay as they are.
-        out["rewards"] = torch.tensor(shard["rewards"], dtype=torch.float32)
-    if "rollout_log_probs" in shard:
-        out["rollout_log_probs"] = [torch.tensor(x, dtype=torch.float32) for x in shard["rollout_log_probs"]]
-    return out
+    return _convert_arrays(shard, lambda values, dtype: torch.tensor(values, dtype=getattr(torch, dtype)))
 
 
 def split_eval_data_by_dp(args: Namespace, data: dict, dp_size: int) -> list[dict[str, Any]]:

@@ -4,6 +4,7 @@ processes, weights synced to the engines after every rollout, on a reward a tiny
 from __future__ import annotations
 
 import json
+import statistics
 import sys
 
 import pytest
@@ -86,25 +87,28 @@ def test_grpo_learns_and_the_engines_serve_the_trained_weights(tmp_path, script,
 
 
 def test_ppo_with_a_critic_runs_and_its_value_loss_falls(tmp_path):
-    rollouts, steps_per_rollout = 6, 4
+    rollouts, steps_per_rollout, critic_only = 8, 4, 2
     model = peaked_tiny_qwen3(str(tmp_path / "model"))
     # Four optimizer steps per rollout: one critic step per rollout made its value loss a coin toss over 6 rollouts
-    # (the returns move with the policy), four make the fall plain.
+    # (the returns move with the policy), four make the fall plain. Two critic-only rollouts: the actor's first
+    # steps then use values fitted to its returns (after one, its reward collapsed in about 1 run in 4).
     flags = grpo_flags(tmp_path, model, 1, 1, rollouts, "--advantage-estimator", "ppo", "--num-critic-only-steps",
-                       "1", "--normalize-advantages", "--save", str(tmp_path / "ckpt"), "--save-interval", "3",
-                       "--global-batch-size", str(16 // steps_per_rollout))
+                       str(critic_only), "--normalize-advantages", "--save", str(tmp_path / "ckpt"),
+                       "--save-interval", "3", "--global-batch-size", str(16 // steps_per_rollout))
     code, output, _ = run_driver("train.py", flags, tmp_path, env_extra={RAY_TAG: "ppo", "OMP_NUM_THREADS": "1"})
     assert code == 0, output[-4000:]
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     train_rows = [row for row in rows if "train/step" in row]
     assert len(train_rows) == rollouts * steps_per_rollout
     value_losses = [row["train/critic/value_loss"] for row in train_rows]
-    per_rollout = [sum(value_losses[i:i + steps_per_rollout]) / steps_per_rollout
-                   for i in range(0, len(value_losses), steps_per_rollout)]
-    assert per_rollout[-1] < per_rollout[0] / 2, per_rollout
-    # The first rollout trained the critic only; the actor trained on the others.
-    assert not any("train/pg_loss" in row for row in train_rows[:steps_per_rollout])
-    assert all("train/pg_loss" in row for row in train_rows[steps_per_rollout:])
+    # Medians of the first and last two rollouts' steps: a rollout whose returns jump with the policy gives one or
+    # two steps of a high loss (a mean over the last rollout alone failed 1 run in 4 or so). Six runs: it fell
+    # 1.9-20x (a critic that does not learn: its loss grows as the reward rises from ~0.35 towards 1).
+    first, last = value_losses[:2 * steps_per_rollout], value_losses[-2 * steps_per_rollout:]
+    assert statistics.median(last) < statistics.median(first) / 1.5, value_losses
+    # The first rollouts trained the critic only; the actor trained on the others.
+    assert not any("train/pg_loss" in row for row in train_rows[:critic_only * steps_per_rollout])
+    assert all("train/pg_loss" in row for row in train_rows[critic_only * steps_per_rollout:])
     assert (tmp_path / "ckpt" / "critic" / "latest_checkpointed_iteration.txt").exists()
     means, _ = rewards_per_rollout(tmp_path, rollouts)
-    assert sum(means[-2:]) / 2 > sum(means[:2]) / 2, means
+    assert sum(means[-2:]) / 2 > sum(means[:2]) / 2 + 0.2, means  # six runs: +0.48 to +0.69

@@ -9,11 +9,10 @@ import os
 
 import pytest
 import ray
-import torch
 
 from slime.ray.driver import set_num_rollout
 from slime.ray.placement_group import Placement
-from slime.ray.rollout import create_rollout_manager
+from slime.ray.rollout import create_rollout_manager, request_rollout
 from slime.utils.arguments import parse_args
 
 from conftest import REPO_ROOT, SFT_FLAGS
@@ -68,12 +67,12 @@ def test_prompt_label_plugin_with_sft_loss_through_the_rollout_manager(local_ray
     # Every row reaches the plugin: 6 rows, batches of 4 -> 1 rollout per epoch, 2 epochs.
     assert set_num_rollout(args, manager) == 1 and args.num_rollout == 2
     for rollout_id, rows in ((0, ROWS[:4]), (1, ROWS[4:] + ROWS[:2])):  # the second batch wraps into epoch 1
-        boxes, metrics = ray.get(manager.generate.remote(rollout_id))
-        (shard,) = [ray.get(box.inner) for box in boxes]
+        metrics, shards = request_rollout(args, manager, rollout_id)
+        metrics, (shard,) = ray.get(metrics), ray.get(shards)
         expected = [expected_tokens(qwen3_tokenizer, row) for row in rows]
         assert [shard["tokens"][shard["partition"].index(i)].tolist() for i in range(4)] == [t for t, _ in expected]
         assert [shard["response_lengths"][shard["partition"].index(i)] for i in range(4)] == [n for _, n in expected]
-        assert all(torch.equal(m, torch.ones_like(m)) for m in shard["loss_masks"])
+        assert all((m == 1).all() for m in shard["loss_masks"])
         assert metrics["rollout/epoch"] == rollout_id and metrics["rollout/samples"] == 4
         assert metrics["prompt_label/response_tokens"] == sum(n for _, n in expected)
     ray.kill(manager)
@@ -90,5 +89,5 @@ def test_the_manager_rejects_a_broken_return_naming_the_function(local_ray, tmp_
                        "--n-samples-per-prompt", "2", "--global-batch-size", "8")
     manager = create_rollout_manager(args, Placement(None, [], False))
     with pytest.raises(ray.exceptions.RayTaskError, match=rf"rollout function {function}: {message}"):
-        ray.get(manager.generate.remote(0))
+        ray.get(request_rollout(args, manager, 0)[0])
     ray.kill(manager)

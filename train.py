@@ -37,8 +37,8 @@ def train(args) -> dict:
             evaluate(args, 0, rollout_manager, actor_model, progress)
 
         for rollout_id in range(args.start_rollout_id, args.num_rollout):
-            boxes, rollout_metrics = generate(args, rollout_manager, rollout_id)
-            step_metrics = train_step(args, rollout_id, boxes, actor_model, critic_model)
+            rollout_metrics, shards = generate(args, rollout_manager, rollout_id)
+            step_metrics = train_step(args, rollout_id, shards, actor_model, critic_model)
             progress.log(rollout_id, rollout_metrics, step_metrics)
 
             if should_run_periodic_action(rollout_id, args.save_interval, num_rollout_per_epoch, args.num_rollout):

@@ -37,13 +37,14 @@ def train(args) -> dict:
         # next step before this one's metrics are read: they go from step to step without waiting on the driver.
         overlap = critic_model is None and not actor_model.engines_connected
         unlogged = []  # steps handed to the trainers whose metrics are not read yet: (rollout id, metrics, step)
-        next_rollout = request_rollout(args, rollout_manager, args.start_rollout_id)  # (metrics, shards) as refs
+        if args.start_rollout_id < args.num_rollout:  # a resumed run that had finished asks for nothing
+            next_rollout = request_rollout(args, rollout_manager, args.start_rollout_id)  # (metrics, shards) as refs
         for rollout_id in range(args.start_rollout_id, args.num_rollout):
             rollout_metrics, shards = wait_all([next_rollout[0]], f"rollout {rollout_id}")[0], next_rollout[1]
             unlogged.append((rollout_id, rollout_metrics, start_train_step(args, rollout_id, shards, actor_model,
                                                                            critic_model)))
-            # Asked for once the trainers have their step, so that the rollout manager is not busy with the next
-            # rollout while Ray hands them their shards.
+            # Asked for once the trainers have their step, so that preparing the next rollout does not delay the
+            # hand-over of this one on a machine whose cores the manager and the trainers share.
             last = rollout_id + 1 == args.num_rollout
             next_rollout = None if last else request_rollout(args, rollout_manager, rollout_id + 1)
             save_now = should_run_periodic_action(rollout_id, args.save_interval, num_rollout_per_epoch,

@@ -211,14 +211,14 @@ def sync_weights(args: Namespace, rollout_manager: Any, actor_model: RayTrainGro
     return metrics
 
 
-def generate(args: Namespace, rollout_manager: Any, rollout_id: int) -> tuple[list, dict[str, Any]]:
-    """Rollout `rollout_id` as refs to its per-DP-rank shards, and its metrics; with --offload-rollout the engines
-    then release their memory for the trainers."""
+def generate(args: Namespace, rollout_manager: Any, rollout_id: int) -> tuple[dict[str, Any], list]:
+    """Rollout `rollout_id`'s metrics and refs to its per-DP-rank shards (`request_rollout`'s order); with
+    --offload-rollout the engines then release their memory for the trainers."""
     metrics_ref, shards = request_rollout(args, rollout_manager, rollout_id)
     metrics = wait_all([metrics_ref], f"rollout {rollout_id}")[0]
     if args.offload_rollout:
         wait_all([rollout_manager.offload.remote()], "the engines to release their memory")
-    return shards, metrics
+    return metrics, shards
 
 
 def start_train_step(args: Namespace, rollout_id: int, shards: list, actor_model: RayTrainGroup,

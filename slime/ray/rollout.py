@@ -47,8 +47,8 @@ class EvalResult:
 def request_rollout(args: Namespace, rollout_manager: Any, rollout_id: int) -> tuple[ray.ObjectRef, list]:
     """Ask the rollout manager for rollout `rollout_id`, without waiting: refs to its metrics and to its shards, one
     per data-parallel rank. The shards are the task's own return values, so Ray moves each the cheapest way: a small
-    one (an SFT batch) travels inline in the trainer's task, a large one stays in the object store, where only its
-    trainers fetch it; the driver never copies a large one."""
+    one (under Ray's inline limit, 100 KiB by default) travels inline in the trainer's task, a larger one stays in
+    the object store, where only its trainers fetch it; the driver never copies a large one."""
     metrics, *shards = rollout_manager.generate.options(num_returns=1 + args.data_parallel_size).remote(rollout_id)
     return metrics, shards
 

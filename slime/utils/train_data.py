@@ -10,7 +10,7 @@ import logging
 import numbers
 import os
 from argparse import Namespace
-from typing import Any
+from typing import Any, Callable
 
 from slime.utils.dp_schedule import build_dp_schedule, first_fit_pack
 from slime.utils.misc import load_function
@@ -117,7 +117,11 @@ def convert_samples_to_train_data(args: Namespace, samples: list[Sample], reward
         "rollout_ids": rollout_ids,
         "rollout_mask_sums": [mask_totals[r] for r in rollout_ids],
     }
-    if any(s.rollout_log_probs is not None for s in samples):
+    carried = [s.rollout_log_probs is not None for s in samples]
+    if any(carried):
+        if not all(carried):  # numpy would turn the missing ones into NaN rather than fail
+            raise ValueError(f"{carried.count(False)} of {len(samples)} samples carry no rollout_log_probs while the "
+                             "others do: a rollout function gives them for every sample or for none")
         data["rollout_log_probs"] = [s.rollout_log_probs for s in samples]
     return data
 
@@ -164,7 +168,7 @@ def split_train_data_by_dp(args: Namespace, data: dict, dp_size: int) -> list[di
     return shards
 
 
-def _convert_arrays(shard: dict[str, Any], convert: Any) -> dict[str, Any]:
+def _convert_arrays(shard: dict[str, Any], convert: Callable[[Any, str], Any]) -> dict[str, Any]:
     """The shard with its token, mask and log-prob sequences, mask sums and numeric rewards passed through
     `convert(values, dtype name)`; raw rewards (possibly dicts) and the schedule stay as they are."""
     out = dict(shard)

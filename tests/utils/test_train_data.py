@@ -6,9 +6,11 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+import pytest
 import torch
 
-from slime.utils.train_data import shard_arrays, tensorize
+from slime.utils.train_data import convert_samples_to_train_data, shard_arrays, tensorize
+from slime.utils.types import Sample
 
 
 def lists_shard(rewards: list) -> dict:
@@ -53,3 +55,18 @@ def test_arrays_then_tensors_equal_tensors_from_the_lists():
 def test_rewards_that_are_not_numbers_stay_as_they_are():
     shard = lists_shard([None, None])  # SFT samples carry no reward
     assert tensorize(shard_arrays(shard))["rewards"] == [None, None]
+
+
+def test_a_rollout_where_only_some_samples_carry_log_probs_is_refused():
+    class Args:
+        reward_key = None
+
+    samples = [Sample(index=i, tokens=[1, 2, 3], response_length=2, reward=0.0) for i in range(3)]
+    samples[0].rollout_log_probs = [-0.1, -0.2]
+    with pytest.raises(ValueError, match="2 of 3 samples carry no rollout_log_probs"):
+        convert_samples_to_train_data(Args, samples)
+    for sample in samples[1:]:
+        sample.rollout_log_probs = [-0.3, -0.4]
+    arrays = shard_arrays(convert_samples_to_train_data(Args, samples))
+    expected = ([-0.1, -0.2], [-0.3, -0.4], [-0.3, -0.4])
+    assert [a.tolist() for a in arrays["rollout_log_probs"]] == [pytest.approx(x) for x in expected]

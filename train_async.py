@@ -37,8 +37,9 @@ def train(args) -> dict:
         # next step before this one's metrics are read: they go from step to step without waiting on the driver.
         overlap = critic_model is None and not actor_model.engines_connected
         unlogged = []  # steps handed to the trainers whose metrics are not read yet: (rollout id, metrics, step)
-        if args.start_rollout_id < args.num_rollout:  # a resumed run that had finished asks for nothing
-            next_rollout = request_rollout(args, rollout_manager, args.start_rollout_id)  # (metrics, shards) as refs
+        # (metrics, shards) as refs; a resumed run that had finished asks for nothing.
+        next_rollout = request_rollout(args, rollout_manager, args.start_rollout_id) \
+            if args.start_rollout_id < args.num_rollout else None
         for rollout_id in range(args.start_rollout_id, args.num_rollout):
             rollout_metrics, shards = wait_all([next_rollout[0]], f"rollout {rollout_id}")[0], next_rollout[1]
             unlogged.append((rollout_id, rollout_metrics, start_train_step(args, rollout_id, shards, actor_model,

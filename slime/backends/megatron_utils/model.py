@@ -21,6 +21,7 @@ from megatron.core.utils import get_model_config
 
 from slime.backends.megatron_utils.attention import packed_sequences
 from slime.backends.megatron_utils.cpu_bridges import cuda_literals_on_cpu
+from slime.backends.megatron_utils.hf_weights import unwrap
 from slime.backends.megatron_utils.loss import (
     compute_loss,
     get_log_probs_and_entropy,
@@ -180,8 +181,7 @@ def forward_logits(model: torch.nn.Module, batch: dict, responses_only: bool = F
 
 
 def _output_layer(model: torch.nn.Module) -> torch.nn.Module | None:
-    inner = model.module if isinstance(model, DistributedDataParallel) else model
-    return getattr(inner.module if isinstance(inner, Float16Module) else inner, "output_layer", None)
+    return getattr(unwrap(model), "output_layer", None)
 
 
 def computes_response_logits_only(args: Namespace, model: torch.nn.Module) -> bool:

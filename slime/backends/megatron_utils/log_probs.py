@@ -11,8 +11,9 @@ Qwen3's 151,936 vocabulary. `vocab_parallel_log_probs` computes the same values 
   chunk's gradient straight into the logits' gradient (no one-hot, no second full-width softmax).
 - exception, log-probs of fp32 logits with a backward to come (SFT on CPU, or an fp32 GPU run): the logits'
   gradient buffer, which the backward needs anyway, is allocated in the forward and each contiguous chunk's
-  exp(x - max) is computed in its rows and left there; the backward then only scales the rows by
-  -grad / sum(exp) and adds the target's term: one exponential per logit instead of two, one pass instead of three,
+  exp(x - max) is computed in its rows and left there (without tensor parallelism, the softmax itself, by torch's
+  fused kernel); the backward then only scales the rows by -grad / sum(exp) (-grad for the softmax) and adds the
+  target's term: one exponential per logit instead of two, one pass instead of three,
   and the logits need not be kept for the backward. Peak memory is unchanged (logits plus gradient, as in the
   backward). bf16 logits (an fp32 buffer would double their memory) and the entropy keep the recompute.
 
@@ -72,6 +73,28 @@ def _chunk_logits(logits: torch.Tensor, rows: torch.Tensor, chunk: tuple[int, in
     return part, owned
 
 
+# Below this probability of the target, its log is taken from an exact log-sum-exp instead of the softmax's value
+# (which loses precision in fp32's subnormal range, under ~1e-38).
+_SOFTMAX_LOG_FLOOR = 1e-30
+
+
+def _softmax_in_place(x: torch.Tensor, targets: torch.Tensor, out: torch.Tensor, log_sum_exp: torch.Tensor,
+                      target_logit: torch.Tensor) -> None:
+    """The kept softmax of a whole-vocabulary chunk in one fused kernel: `out` gets softmax(x) (the backward then only
+    scales it), `target_logit` the target's logit and `log_sum_exp` its log-sum-exp, taken as x_t - log p_t, exact
+    to float rounding while p_t is a normal float. torch's softmax kernel makes about two passes over each row while
+    it is in cache (max, then exponentials and their sum, then the scale), where a max, a shift, an exponential and
+    a sum over the chunk made four passes through memory (here 8 ms against 17 ms for 136 x 151,936 fp32 logits)."""
+    torch.softmax(x, -1, out=out)
+    picked = x.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    target_p = out.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    log_sum_exp.copy_(picked - target_p.log())
+    tiny = (target_p < _SOFTMAX_LOG_FLOOR).nonzero().squeeze(-1)
+    if tiny.numel():  # rare: a target the model all but rules out
+        log_sum_exp[tiny] = torch.logsumexp(x.index_select(0, tiny), dim=-1)
+    target_logit.copy_(picked)
+
+
 class _VocabParallelLogProbs(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, logits: torch.Tensor, rows_host: torch.Tensor, rows: torch.Tensor, targets: torch.Tensor,
@@ -88,12 +111,18 @@ class _VocabParallelLogProbs(torch.autograd.Function):
         expected = torch.empty(n, dtype=dtype, device=logits.device) if with_entropy else None
         plan = _plan_chunks(rows_host, size)
         # Kept softmax (log-probs of wide logits, a backward to come): the gradient's buffer is allocated now and
-        # each contiguous chunk's exp(x - max) is left in its rows, so the backward only scales them.
+        # each contiguous chunk's exp(x - max) is left in its rows (normalised, without tensor parallelism), so the
+        # backward only scales them.
         grad = torch.empty_like(logits) if will_backward and not with_entropy and logits.dtype == dtype else None
         exp_sum = torch.empty(n, dtype=dtype, device=logits.device) if grad is not None else None
         for chunk in plan:
             first, last, start = chunk
             x, owned = _chunk_logits(logits, rows, chunk, temperature)
+            if grad is not None and start is not None and group is None:
+                _softmax_in_place(x, local[first:last], grad[start : start + last - first],
+                                  log_sum_exp[first:last], target_logit[first:last])
+                exp_sum[first:last] = 1.0  # the kept rows hold the normalised softmax
+                continue
             row_max = x.amax(dim=-1)
             if group is not None:
                 dist.all_reduce(row_max, op=dist.ReduceOp.MAX, group=group)

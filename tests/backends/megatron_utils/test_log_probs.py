@@ -79,6 +79,22 @@ def test_log_probs_only_and_every_position():
         assert (lp - ref_lp).abs().max() < 2e-6 and (grad - ref_grad).abs().max() < 2e-6
 
 
+@pytest.mark.parametrize("gap", [20.0, 80.0, 120.0, 300.0])
+def test_targets_far_in_the_tail_keep_exact_log_probs(gap):
+    """The kept softmax of fp32 logits takes log p from the softmax's value; a target whose probability underflows
+    fp32 (log p below about -87; -300 here) still gets x_t - logsumexp(x) and its gradient, as the plain path does."""
+    logits, targets, _ = case(torch.float32)
+    rows = [(2, 30)]  # contiguous: the chunks' softmax is kept
+    upstream = torch.randn(2, 28, dtype=torch.float64)
+    for row in range(2, 30, 2):  # every other target sits `gap` below its row's largest logit
+        logits[row, targets[row]] = logits[row].max() - gap
+    for chunk in (None, 5):
+        (lp, _, grad), (ref_lp, _, ref_grad) = fused_and_plain(logits, targets, upstream, rows=rows, chunk=chunk,
+                                                              with_entropy=False)
+        assert lp.min() < -gap + 1 and torch.isfinite(lp).all()
+        assert (lp - ref_lp).abs().max() < 5e-6 * gap and (grad - ref_grad).abs().max() < 2e-6
+
+
 def test_bf16_logits_are_computed_in_fp32():
     logits, targets, upstream = case(torch.bfloat16)
     (lp, ent, grad), (ref_lp, ref_ent, ref_grad) = fused_and_plain(logits, targets, upstream, chunk=5)

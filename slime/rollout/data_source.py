@@ -111,8 +111,11 @@ class RolloutDataSource(DataSource):
         groups = []
         for prompt in self._next_prompts(num_samples):
             group = []
-            for _ in range(self.args.n_samples_per_prompt):
-                sample = copy.deepcopy(prompt)
+            for copy_index in range(self.args.n_samples_per_prompt):
+                # Each read builds its prompts afresh, so the group's last sample can be the prompt itself: one
+                # deep copy fewer per group (with one sample per prompt, as in SFT, none).
+                last = copy_index == self.args.n_samples_per_prompt - 1
+                sample = prompt if last else copy.deepcopy(prompt)
                 sample.group_index = self.sample_group_index
                 sample.index = self.sample_index
                 self.sample_index += 1

@@ -84,7 +84,10 @@ def test_groups_are_independent_copies_with_indices(tmp_path):
     assert [s.group_index for g in groups for s in g] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
     assert [s.index for g in groups for s in g] == list(range(9))
     groups[0][0].prompt[0]["content"] = "changed"
+    groups[0][2].prompt[0]["content"] = "changed too"  # the last of a group is the prompt as read
     assert groups[0][1].prompt[0]["content"] == "0"
+    source.get_samples(7)
+    assert source.get_samples(1)[0][0].prompt[0]["content"] == "0"  # row 0 again, next epoch: read afresh
 
 
 def test_save_and_load_continue_the_same_order(tmp_path):

@@ -4,7 +4,9 @@ For every measured step the same process also times the step's FLOOR: the step's
 attention kernels, forward and backward, recorded from one step at the exact shapes and layouts it runs) replayed
 alone on random tensors, plus one pass over the logits' bytes at this machine's memory bandwidth (a copy of a
 logits-sized buffer, measured alongside). Step and floor alternate, so a busy machine slows both; the ratio
-step/floor is reported per step and as the median. The step is the in-process call of the trainer
+step/floor is reported per step and as the median. The kernels the floor leaves out but the step must run (the
+softmax, Adam, the passes over the gradient buffer; `outside_floor`) are timed alone too, giving the least
+step/floor the step's work allows. The step is the in-process call of the trainer
 (`MegatronTrainRayActor.train`: tensorising the shard, zeroing gradients, forward, backward, optimizer), wall time.
 A torch.profiler pass then splits one step into matmuls, attention kernels, fills, copies and the rest.
 
@@ -129,6 +131,45 @@ def matmul_flops(calls: list[tuple[Any, tuple, dict]]) -> float:
     return total
 
 
+def outside_floor(args, parameters: int, logits_rows: int, logits_dtype: torch.dtype) -> dict[str, float]:
+    """The work a step must do besides its matrix products, each kernel timed alone at the step's sizes (median of
+    20, seconds): what the floor leaves out, so floor + these is the least a step could take with nothing else
+    (no Python, no layer's small ops). The softmax over the logits (torch's fused kernel, into a gradient-sized
+    buffer) and the backward's scale of it; Adam over every parameter (torch's fused kernel, as the trainer runs it);
+    the passes over the gradient buffer (zeroing, the per-token loss's scale, the NaN check's norm (the trainer's
+    DDP checks), clipping's norm and scale); and with tied embeddings the lookup's dense gradient, zero-filled,
+    summed with the output layer's and added into the buffer."""
+    vocab, hidden, on = args.padded_vocab_size, args.hidden_size, device()
+    logits = torch.randn(logits_rows, vocab, dtype=logits_dtype, device=on)
+    probabilities = torch.empty_like(logits, dtype=torch.promote_types(logits_dtype, torch.float32))
+    weights = torch.nn.Parameter(torch.randn(parameters, device=on))
+    weights.grad = torch.randn_like(weights)
+    adam = torch.optim.AdamW([weights], lr=1e-9, weight_decay=args.weight_decay, fused=True)
+    grads = weights.grad
+    kernels = {
+        "softmax": lambda: torch.softmax(logits.to(probabilities.dtype), -1, out=probabilities),
+        "softmax_backward_scale": lambda: probabilities.mul_(1.0),
+        "adam": adam.step,
+        "gradient_zeroing": grads.zero_,
+        "nan_check_norm": lambda: grads.norm(),
+    }
+    if args.calculate_per_token_loss:
+        kernels["per_token_scale"] = lambda: grads.mul_(1.0)
+    if args.clip_grad > 0:
+        kernels["clip_norm"] = lambda: torch.linalg.vector_norm(grads)
+        kernels["clip_scale"] = lambda: grads.mul_(1.0)
+    if not args.untie_embeddings_and_output_weights:
+        table, other = torch.randn(vocab, hidden, device=on), torch.randn(vocab, hidden, device=on)
+        kernels["tied_embedding_dense_gradient"] = lambda: torch.zeros(vocab, hidden, device=on)
+        kernels["tied_embedding_gradients_summed"] = lambda: table + other
+        kernels["tied_embedding_into_buffer"] = lambda: table.add_(other)
+    seconds = {}
+    for name, kernel in kernels.items():
+        kernel()  # first touch of its memory
+        seconds[name] = round(statistics.median(timed(kernel) for _ in range(20)), 5)
+    return seconds
+
+
 def profile_step(actor: MegatronTrainRayActor, rollout_id: int, shard: dict) -> dict[str, float]:
     """One step under torch.profiler, its self time split into kinds of work (seconds, profiler overhead
     included)."""
@@ -185,6 +226,7 @@ def run_preset(name: str, seq_len: int | None, seqs_per_step: int | None, steps:
         passes_s.append(copy_s / 2)  # a copy reads and writes the bytes once each: two passes
         floors_s.append(products_s[-1] + passes_s[-1])
     ratios = [s / f for s, f in zip(steps_s, floors_s)]
+    outside = outside_floor(args, params, logits_rows, logits_dtype)
     tokens = seq_len * seqs_per_step
     median = statistics.median
     result = {
@@ -198,6 +240,9 @@ def run_preset(name: str, seq_len: int | None, seqs_per_step: int | None, steps:
         "floor_logits_pass_s": round(median(passes_s), 4),
         "step_over_floor": round(median(ratios), 3),
         "step_over_floor_each": [round(r, 3) for r in ratios],
+        "outside_floor_s": outside,
+        # The least step / floor this step's work allows: floor plus the kernels it leaves out, over the floor.
+        "least_step_over_floor": round((median(floors_s) + sum(outside.values())) / median(floors_s), 3),
         "matmuls_per_step": sum(func in GEMMS for func, _, _ in products),
         "attention_kernels_per_step": sum(func not in GEMMS for func, _, _ in products),
         "matmul_gflop_per_step": round(matmul_flops(products) / 1e9, 3),

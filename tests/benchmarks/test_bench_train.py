@@ -34,3 +34,9 @@ def test_bench_train_tiny(tmp_path):
     assert 0 < tiny["floor_products_s"] <= tiny["floor_s"] and len(tiny["step_over_floor_each"]) == 2
     assert tiny["step_over_floor"] == pytest.approx(tiny["step_s"] / tiny["floor_s"], rel=0.5)
     assert set(tiny["profile_s"]) == {"matmul", "attention", "fill", "copy", "other"}
+    # The tiny preset unties its embeddings and clips: no tied-embedding kernels, both clipping passes.
+    outside = tiny["outside_floor_s"]
+    assert {"softmax", "adam", "clip_norm", "clip_scale", "per_token_scale"} <= set(outside)
+    assert not any(name.startswith("tied_embedding") for name in outside) and min(outside.values()) > 0
+    assert tiny["least_step_over_floor"] == pytest.approx(
+        (tiny["floor_s"] + sum(outside.values())) / tiny["floor_s"], rel=0.05)

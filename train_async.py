@@ -20,6 +20,17 @@ from slime.utils.errors import UserError
 from slime.utils.misc import should_run_periodic_action
 
 
+def wait_for_rollout(rollout: tuple, rollout_id: int, queued_steps: list) -> dict:
+    """The rollout's metrics. If it failed, a step queued on the trainers that failed as well raises here, with the
+    rollout's error above it in the traceback, instead of going unreported."""
+    try:
+        return wait_all([rollout[0]], f"rollout {rollout_id}")[0]
+    except Exception:
+        for _, _, step in queued_steps:
+            step()
+        raise
+
+
 def train(args) -> dict:
     if args.colocate:
         raise UserError("--colocate is not supported by train_async.py: colocated engines and trainers share the "
@@ -41,7 +52,7 @@ def train(args) -> dict:
         next_rollout = request_rollout(args, rollout_manager, args.start_rollout_id) \
             if args.start_rollout_id < args.num_rollout else None
         for rollout_id in range(args.start_rollout_id, args.num_rollout):
-            rollout_metrics, shards = wait_all([next_rollout[0]], f"rollout {rollout_id}")[0], next_rollout[1]
+            rollout_metrics, shards = wait_for_rollout(next_rollout, rollout_id, unlogged), next_rollout[1]
             unlogged.append((rollout_id, rollout_metrics, start_train_step(args, rollout_id, shards, actor_model,
                                                                            critic_model)))
             # Asked for once the trainers have their step, so that preparing the next rollout does not delay the
@@ -59,7 +70,7 @@ def train(args) -> dict:
                 save(rollout_id, actor_model, rollout_manager, critic_model)
             if (rollout_id + 1) % args.update_weights_interval == 0:
                 if next_rollout is not None:  # weights must not change under an in-flight generation
-                    wait_all([next_rollout[0]], f"rollout {rollout_id + 1}")
+                    wait_for_rollout(next_rollout, rollout_id + 1, unlogged)
                 progress.log_sync(rollout_id, sync_weights(args, rollout_manager, actor_model))
             if eval_now:
                 evaluate(args, rollout_id, rollout_manager, actor_model, progress)

@@ -20,6 +20,14 @@ def loss_failing_on_rank_1(args, batch, logits, sum_of_sample_mean):
     return sft_loss_function(args, batch, logits, sum_of_sample_mean)
 
 
+def loss_failing_at_call(args, batch, logits, sum_of_sample_mean):
+    """The SFT loss, except that its $FAIL_LOSS_AT_CALL-th call in this trainer (counted from 1) raises."""
+    _calls["loss"] += 1
+    if _calls["loss"] == int(os.environ.get("FAIL_LOSS_AT_CALL", "0")):
+        raise RuntimeError(f"boom in loss call {_calls['loss']}")
+    return sft_loss_function(args, batch, logits, sum_of_sample_mean)
+
+
 def rollout_failing_at(args, rollout_id, data_source, evaluation=False):
     """The SFT reader, except that it raises at rollout $FAIL_AT_ROLLOUT (simulates a crash mid-run)."""
     if rollout_id == int(os.environ.get("FAIL_AT_ROLLOUT", "-1")):

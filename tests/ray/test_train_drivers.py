@@ -211,6 +211,18 @@ def test_an_exception_in_one_trainer_ends_the_run_with_its_traceback(quick_task,
     assert seconds < 120
 
 
+def test_a_queued_step_that_fails_is_reported_with_the_next_rollouts_failure(quick_task, tmp_path):
+    """train_async.py hands the trainers step N+1 before reading step N's outcome: when training rollout 2 fails
+    (the loss's third call) and generating rollout 3 fails too, the run ends with both errors, not the rollout's
+    alone."""
+    flags = sft_flags(quick_task, tmp_path, 1, 6, "--rollout-function-path", "failing_plugins.rollout_failing_at",
+                      "--loss-type", "custom_loss", "--custom-loss-function-path", "failing_plugins.loss_failing_at_call")
+    code, output, _ = run_driver("train_async.py", flags, tmp_path, {"FAIL_AT_ROLLOUT": "3", "FAIL_LOSS_AT_CALL": "3"})
+    assert code == 1, output[-4000:]
+    assert "simulated crash at rollout 3" in output and "boom in loss call 3" in output, output[-4000:]
+    assert output.index("simulated crash at rollout 3") < output.index("boom in loss call 3")  # the step's last
+
+
 def test_custom_rollout_function_by_path(quick_task, tmp_path):
     flags = ["--actor-num-gpus-per-node", "1", "--hf-checkpoint", str(quick_task / "model"),
              "--load", str(quick_task / "model"),
